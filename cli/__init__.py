@@ -1,0 +1,1 @@
+"""The `hapnet` command-line app (installed as `hapnet.cli`)."""

@@ -1,0 +1,38 @@
+"""What every command shares: one-line errors with exit code 2, warnings, the console."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from hapnet.errors import HapnetError
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_USER_ERROR = 2
+
+
+def user_errors(command: F) -> F:
+    """Turn `HapnetError` into one red line on stderr and exit code 2; show warnings plainly."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+            err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            try:
+                return command(*args, **kwargs)
+            except HapnetError as exc:
+                err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
+                raise typer.Exit(EXIT_USER_ERROR) from None
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,18 @@
+"""The `hapnet` command: a thin layer over the library, one sub-app per area."""
+
+from __future__ import annotations
+
+import typer
+
+from hapnet.cli import ontology
+
+app = typer.Typer(
+    help="hapnet: HAP embeddings of medical ontologies and next-visit diagnosis prediction.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(ontology.app, name="ontology")
+
+
+def main() -> None:
+    app()

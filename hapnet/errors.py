@@ -1,0 +1,22 @@
+"""User-facing errors: the CLI prints them as one line and exits with code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class HapnetError(Exception):
+    """An error caused by the user's input or settings, reported without a traceback."""
+
+
+class InputError(HapnetError):
+    """Bad input data: names the file, the line when known, and what is wrong."""
+
+    def __init__(self, source: str | Path | None, reason: str, line: int | None = None):
+        self.source = str(source) if source is not None else None
+        self.reason = reason
+        self.line = line
+        where = self.source or "input"
+        if line is not None:
+            where = f"{where}, line {line}"
+        super().__init__(f"{where}: {reason}")

@@ -1,0 +1,1 @@
+"""Bundled ontology data (installed as `hapnet.ontologies`); see PROVENANCE.md."""
