@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hapnet.cli import ontology
+from hapnet.cli import models, ontology, train
 
 app = typer.Typer(
     help="hapnet: HAP embeddings of medical ontologies and next-visit diagnosis prediction.",
@@ -12,6 +12,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(ontology.app, name="ontology")
+app.command()(train.train)
+app.command()(train.evaluate)
+app.command("models")(models.list_models)
 
 
 def main() -> None:

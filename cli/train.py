@@ -1,0 +1,187 @@
+"""`hapnet train` and `hapnet evaluate`: options in, one library call, rich output."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hapnet.cli.common import console, user_errors
+from hapnet.errors import HapnetError
+
+
+def parse_columns(text: str | None) -> dict[str, str] | None:
+    """`patient=subject,visit=hadm,code=dx` -> {"patient": "subject", ...}."""
+    if not text:
+        return None
+    mapping = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip().lower()
+        if not sep or key not in ("patient", "visit", "time", "code") or not value.strip():
+            raise HapnetError(f"--columns {text!r}: expected patient=…,visit=…,time=…,code=… (any subset)")
+        mapping[key] = value.strip()
+    return mapping
+
+
+def data_report_table(rows: list) -> Table:
+    table = Table(title="Data", show_header=False)
+    for label, value in rows:
+        table.add_row(label, f"{value:,}" if isinstance(value, int) else str(value))
+    return table
+
+
+def metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    from hapnet.seeds import GROUP_LABELS
+
+    k = metrics["k"]
+    table = Table("split", *[f"acc@{k} {g}%" for g in GROUP_LABELS], f"acc@{k}", "loss", title=title)
+    for split in ("valid", "test"):
+        if split in metrics:
+            m = metrics[split]
+            table.add_row(split, *[f"{v:.4f}" for v in m["accuracy_by_group"]], f"{m['accuracy']:.4f}", f"{m['loss']:.4f}")
+    return table
+
+
+class RichCallbacks:
+    """Progress bar per epoch and a table row per epoch."""
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.task = None
+
+    def on_data(self, data: Any, split: Any, vocab: Any) -> None:
+        console.print(data_report_table(data.report.as_rows()))
+        console.print(
+            f"split: {len(split.train):,} train / {len(split.valid):,} valid / {len(split.test):,} test patients; "
+            f"{len(vocab):,} observable codes"
+        )
+
+    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=num_batches, loss=float("nan"))
+
+    def on_batch(self, epoch: int, batch_index: int, loss: float) -> None:
+        self.progress.update(self.task, advance=1, loss=loss)
+
+    def on_epoch_end(self, record: dict[str, Any], is_best: bool) -> None:
+        self.progress.stop()
+        table = Table(box=None, show_header=record["epoch"] == 1)
+        for column in ("epoch", "train loss", "valid loss", "valid acc", "test acc", "seconds", ""):
+            table.add_column(column, justify="right", min_width=10)
+        table.add_row(
+            str(record["epoch"]),
+            f"{record['train_loss']:.4f}",
+            f"{record['valid_loss']:.4f}",
+            f"{record['valid_accuracy']:.4f}",
+            f"{record['test_accuracy']:.4f}",
+            f"{record['seconds']:.1f}",
+            "[green]best[/]" if is_best else "",
+        )
+        console.print(table)
+
+
+ModelOpt = Annotated[str, typer.Option("--model", help="hap, gram, rnn or rollup (see `hapnet models`).")]
+
+
+@user_errors
+def train(
+    data: Annotated[Optional[Path], typer.Option(help="MIMIC-III/IV folder, long CSV, or `hapnet synth` folder. Default: built-in synthetic data.")] = None,
+    ontology: Annotated[str, typer.Option(help="Built-in ontology name or ontology file.")] = "icd9-ccs",
+    model: ModelOpt = "hap",
+    levels: Annotated[Optional[int], typer.Option(help="Use only the lowest K levels of the ontology.")] = None,
+    pretrain: Annotated[str, typer.Option(help="glove or none (glove + rnn/rollup = the paper's RNN+/Rollup+).")] = "none",
+    preset: Annotated[Optional[str], typer.Option(help="`paper`: the paper's exact settings.")] = None,
+    epochs: Annotated[Optional[int], typer.Option()] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    dim: Annotated[Optional[int], typer.Option(help="Code embedding size d.")] = None,
+    hidden: Annotated[Optional[int], typer.Option(help="GRU hidden size.")] = None,
+    attention_dim: Annotated[Optional[int], typer.Option("--attention-dim")] = None,
+    dropout: Annotated[Optional[float], typer.Option()] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adam, adamw or adadelta.")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="softmax, paper or bce.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    seeds: Annotated[Optional[str], typer.Option(help="Several seeds, e.g. 0-4: one run each + mean ± std table.")] = None,
+    k: Annotated[int, typer.Option("--k", help="k of accuracy@k.")] = 20,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    unknown: Annotated[str, typer.Option(help="Codes not in the ontology: ancestor, drop or error.")] = "ancestor",
+    columns: Annotated[Optional[str], typer.Option(help="Long CSV column names: patient=…,visit=…,time=…,code=…")] = None,
+    synth_patients: Annotated[Optional[int], typer.Option("--synth-patients", help="Size of the built-in synthetic data.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default runs/MODEL-TIME).")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing run folder.")] = False,
+) -> None:
+    """Train a next-visit diagnosis model (HAP, GRAM, RNN, Rollup) and evaluate it as the paper does."""
+    from hapnet.config import make_config
+    from hapnet.seeds import parse_seeds, train_seeds
+    from hapnet.train import train as train_model
+
+    config = make_config(
+        preset=preset,
+        data=str(data) if data else None,
+        ontology=ontology,
+        model=model,
+        levels=levels,
+        pretrain=pretrain,
+        epochs=epochs,
+        batch_size=batch_size,
+        dim=dim,
+        hidden=hidden,
+        attention_dim=attention_dim,
+        dropout=dropout,
+        lr=lr,
+        optimizer=optimizer,
+        loss=loss,
+        seed=seed,
+        k=k,
+        device=device,
+        unknown=unknown,
+        columns=parse_columns(columns),
+        synth_patients=synth_patients,
+    )
+    name = config.model + (f"-lv{config.levels}" if config.levels else "") + ("-glove" if config.pretrain == "glove" else "")
+    out = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if seeds:
+        result = train_seeds(config, parse_seeds(seeds), out, force=force, callbacks=RichCallbacks())
+        console.print(result.markdown(name))
+        console.print(f"runs and summary.md / summary.json in [bold]{result.out}[/]")
+        return
+    result = train_model(config, out=out, force=force, callbacks=RichCallbacks())
+    console.print(metrics_table(result.metrics, f"{name}: best epoch {result.metrics['best_epoch']} (lowest valid loss)"))
+    console.print(f"run folder: [bold]{result.run_dir}[/]")
+
+
+@user_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `hapnet train`.")],
+    data: Annotated[Optional[Path], typer.Option(help="Other data to evaluate on (all its patients).")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="k of accuracy@k (default: the run's).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Evaluate a saved run: its test split, or all patients of other data."""
+    import json
+
+    from hapnet.evaluate import evaluate as evaluate_run
+
+    result = evaluate_run(run_dir, data=data, k=k, device=device)
+    if as_json:
+        print(json.dumps(result))
+        return
+    console.print(data_report_table(result["data"]))
+    if result["codes_outside_vocabulary"]:
+        console.print(f"[yellow]{result['codes_outside_vocabulary']:,} code occurrences are not in the run's vocabulary (dropped)[/]")
+    console.print(metrics_table(result, f"{run_dir}: {result['scope']}"))

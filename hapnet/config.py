@@ -1,0 +1,103 @@
+"""Every setting of a training run, in one dataclass, with the paper's preset."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from hapnet.errors import HapnetError
+
+OPTIMIZERS = ("adam", "adamw", "adadelta")
+UNKNOWN_POLICIES = ("ancestor", "drop", "error")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of `hapnet train`. The defaults are what measured best here; see README."""
+
+    model: str = "hap"
+    ontology: str = "icd9-ccs"
+    data: str | None = None  # None: built-in synthetic data
+    levels: int | None = None
+    pretrain: str = "none"  # "glove" or "none"
+    epochs: int = 15
+    batch_size: int = 100
+    dim: int = 128
+    hidden: int = 128
+    attention_dim: int = 64
+    dropout: float = 0.4
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    loss: str = "softmax"
+    seed: int = 0
+    k: int = 20
+    device: str = "auto"
+    unknown: str = "ancestor"
+    columns: dict[str, str] | None = None
+    synth_patients: int = 2000  # size of the built-in synthetic data when data is None
+    glove_epochs: int = 50
+    preset: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> TrainConfig:
+        from hapnet.models import get_model
+        from hapnet.predictor import LOSSES
+
+        get_model(self.model)
+        checks = [
+            (self.pretrain in ("glove", "none"), f"--pretrain must be glove or none, got {self.pretrain!r}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
+            (self.unknown in UNKNOWN_POLICIES, f"--unknown must be one of {', '.join(UNKNOWN_POLICIES)}"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "--device: auto|cpu|cuda"),
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (min(self.dim, self.hidden, self.attention_dim) >= 1, "sizes must be at least 1"),
+            (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
+            (self.lr > 0, "--lr must be positive"),
+            (self.k >= 1, "--k must be at least 1"),
+            (self.levels is None or self.levels >= 1, "--levels must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise HapnetError(message)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# The HAP paper's exact settings (algorithms.md, "Paper training").
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "dim": 400,
+        "hidden": 400,
+        "attention_dim": 100,
+        "dropout": 0.4,
+        "optimizer": "adadelta",
+        "lr": 1.0,
+        "batch_size": 100,
+        "epochs": 50,
+        "loss": "paper",
+        "weight_decay": 0.0,
+    },
+}
+
+
+def make_config(preset: str | None = None, **settings: Any) -> TrainConfig:
+    """A config from a preset, overridden by the settings that are not None."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise HapnetError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+        values["preset"] = preset
+    values.update({k: v for k, v in settings.items() if v is not None})
+    return TrainConfig.from_dict(values).validate()

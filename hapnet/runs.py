@@ -1,0 +1,167 @@
+"""The run folder: written under a temporary name, renamed into place when complete; read back by `load`.
+
+Layout: config.json (every setting + versions), metrics.json, history.csv (one row per epoch),
+vocab.csv (the observable codes: class, code, description, level, train_count, group),
+checkpoint.pt (best model state_dict, tensors only), code_embeddings.npy (final g of every class).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+import hapnet
+from hapnet.config import TrainConfig
+from hapnet.errors import HapnetError
+from hapnet.ontology import Ontology
+from hapnet.predictor import NextVisitModel
+
+CONFIG, METRICS, HISTORY, VOCAB, CHECKPOINT, EMBEDDINGS = (
+    "config.json",
+    "metrics.json",
+    "history.csv",
+    "vocab.csv",
+    "checkpoint.pt",
+    "code_embeddings.npy",
+)
+
+
+def versions() -> dict[str, str]:
+    return {
+        "hapnet": hapnet.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class RunWriter:
+    """Writes a run into `.NAME.partial` beside the target, renamed to NAME by `finish()`."""
+
+    def __init__(self, target: Path, work: Path, force: bool):
+        self.target, self.work, self.force = target, work, force
+
+    @classmethod
+    def start(cls, out: str | Path, config: TrainConfig, *, force: bool = False) -> RunWriter:
+        target = Path(out)
+        if target.exists() and not force:
+            raise HapnetError(f"{target}: already exists (use --force to overwrite it)")
+        work = target.parent / f".{target.name}.partial"
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        write_json(work / CONFIG, {**config.to_dict(), "versions": versions()})
+        return cls(target, work, force)
+
+    def save_vocabulary(self, ontology: Ontology, vocab: Any, counts: np.ndarray, groups: np.ndarray) -> None:
+        frame = pd.DataFrame(
+            {
+                "class": np.arange(len(vocab.nodes)),
+                "code": [ontology.ids[i] for i in vocab.nodes],
+                "description": [ontology.descriptions[i] for i in vocab.nodes],
+                "level": ontology.levels[vocab.nodes],
+                "train_count": counts,
+                "group": groups,
+            }
+        )
+        frame.to_csv(self.work / VOCAB, index=False)
+
+    def save_history(self, history: list[dict[str, Any]]) -> None:
+        tmp = self.work / f".{HISTORY}.tmp"
+        pd.DataFrame(history).to_csv(tmp, index=False)
+        os.replace(tmp, self.work / HISTORY)
+
+    def save_model(self, model: NextVisitModel, metrics: dict[str, Any]) -> None:
+        torch.save(model.state_dict(), self.work / CHECKPOINT)
+        with torch.no_grad():
+            model.eval()
+            np.save(self.work / EMBEDDINGS, model.code_embeddings().float().cpu().numpy())
+        write_json(self.work / METRICS, metrics)
+
+    def finish(self) -> Path:
+        if self.target.exists():
+            shutil.rmtree(self.target) if self.target.is_dir() else self.target.unlink()
+        os.replace(self.work, self.target)
+        return self.target
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+@dataclass
+class Run:
+    """A trained run read back from its folder: `hapnet.load(run_dir)`."""
+
+    path: Path
+    config: TrainConfig
+    metrics: dict[str, Any]
+    vocab: pd.DataFrame
+    ontology: Ontology
+    model: NextVisitModel
+
+    @property
+    def codes(self) -> list[str]:
+        return self.vocab["code"].tolist()
+
+    def vocabulary(self):  # noqa: ANN201
+        from hapnet.train import Vocabulary
+
+        nodes = np.array([self.ontology.index(c) for c in self.codes], dtype=np.int64)
+        return Vocabulary.from_nodes(nodes, len(self.ontology))
+
+
+def is_run_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / CONFIG).is_file() and (path / CHECKPOINT).is_file() and (path / VOCAB).is_file()
+
+
+def load(run_dir: str | Path, device: str = "cpu") -> Run:
+    """Read a run folder written by `hapnet train`; the checkpoint loads with weights_only=True."""
+    from hapnet.ontology_io import load_ontology
+    from hapnet.train import build_model
+
+    path = Path(run_dir)
+    if not is_run_dir(path):
+        raise HapnetError(f"{path}: not a hapnet run folder (expected {CONFIG}, {VOCAB} and {CHECKPOINT})")
+    try:
+        config = TrainConfig.from_dict(json.loads((path / CONFIG).read_text()))
+        metrics_path = path / METRICS
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        vocab_frame = pd.read_csv(path / VOCAB, dtype={"code": str}, keep_default_na=False)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise HapnetError(f"{path}: unreadable run folder ({exc})") from None
+    ontology = load_ontology(config.ontology)
+    run = Run(path, config, metrics, vocab_frame, ontology, None)  # type: ignore[arg-type]
+    model = build_model(config, ontology, run.vocabulary())
+    try:
+        state = torch.load(path / CHECKPOINT, map_location=device, weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, OSError, KeyError) as exc:
+        raise HapnetError(f"{path / CHECKPOINT}: cannot load the checkpoint ({exc})") from None
+    model.to(device).eval()
+    run.model = model
+    return run

@@ -1,0 +1,113 @@
+"""Several seeds of one configuration and the paper-style mean ± std table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hapnet.config import TrainConfig
+from hapnet.errors import HapnetError
+from hapnet.metrics import NUM_GROUPS
+
+GROUP_LABELS = ["0-25", "25-50", "50-75", "75-100"]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`0-4` -> [0, 1, 2, 3, 4]; `0,2,5` -> [0, 2, 5]."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                low, high = (int(x) for x in part.split("-", 1))
+                seeds.extend(range(low, high + 1))
+            elif part:
+                seeds.append(int(part))
+    except ValueError:
+        raise HapnetError(f"--seeds {text!r}: expected a range like 0-4 or a list like 0,1,2") from None
+    if not seeds:
+        raise HapnetError(f"--seeds {text!r}: no seed given")
+    return list(dict.fromkeys(seeds))
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0}
+
+
+def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std (sample std, ddof=1) of test accuracy per frequency group and overall."""
+    by_group = [mean_std([m["test"]["accuracy_by_group"][g] for m in metrics]) for g in range(NUM_GROUPS)]
+    return {
+        "seeds": [m["seed"] for m in metrics],
+        "k": metrics[0]["k"],
+        "accuracy_by_group": by_group,
+        "accuracy": mean_std([m["test"]["accuracy"] for m in metrics]),
+    }
+
+
+def format_cell(stat: dict[str, float]) -> str:
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+def markdown_table(rows: list[tuple[str, dict[str, Any]]], published: dict[str, list[float]] | None = None) -> str:
+    """The paper's layout: one row per configuration, accuracy@k per group, then overall."""
+    k = rows[0][1]["k"] if rows else 20
+    header = f"| model | {' | '.join(GROUP_LABELS)} | accuracy@{k} |"
+    lines = [header, "|---" * (NUM_GROUPS + 2) + "|"]
+    for name, summary in rows:
+        cells = [format_cell(s) for s in summary["accuracy_by_group"]] + [format_cell(summary["accuracy"])]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    if published:
+        lines.append("")
+        lines.append("Published (HAP paper, Table 3, MIMIC-III, accuracy@20):")
+        lines.append("")
+        lines.append(header.replace(f"@{k}", "@20"))
+        lines.append("|---" * (NUM_GROUPS + 2) + "|")
+        for name, values in published.items():
+            lines.append(f"| {name} | {' | '.join(f'{v:.4f}' for v in values)} |")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class SeedsResult:
+    out: Path | None
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+    def markdown(self, name: str) -> str:
+        return markdown_table([(name, self.summary)])
+
+
+def train_seeds(config: TrainConfig, seeds: list[int], out: str | Path, *, force: bool = False, callbacks: Any = None) -> SeedsResult:
+    """One run per seed under OUT/seed-S, then OUT/summary.json and OUT/summary.md.
+
+    Finished seeds (a complete run folder) are reused, so an interrupted sweep resumes.
+    """
+    from hapnet.runs import METRICS, is_run_dir, write_json
+    from hapnet.train import train
+
+    out = Path(out)
+    if out.exists() and not force and not (out / "seeds.json").exists():
+        raise HapnetError(f"{out}: already exists and is not a seed sweep (use --force to overwrite it)")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "seeds.json", {"config": config.to_dict(), "seeds": seeds})
+    all_metrics = []
+    for seed in seeds:
+        run_dir = out / f"seed-{seed}"
+        if is_run_dir(run_dir) and (run_dir / METRICS).exists() and not force:
+            import json
+
+            all_metrics.append(json.loads((run_dir / METRICS).read_text()))
+            continue
+        seed_config = TrainConfig.from_dict({**config.to_dict(), "seed": seed})
+        result = train(seed_config, out=run_dir, force=force, callbacks=callbacks)
+        all_metrics.append(result.metrics)
+    summary = summarize(all_metrics)
+    write_json(out / "summary.json", summary)
+    name = config.model + (f" (lv{config.levels})" if config.levels else "") + ("+" if config.pretrain == "glove" else "")
+    (out / "summary.md").write_text(markdown_table([(name, summary)]))
+    return SeedsResult(out, all_metrics, summary)

@@ -1,0 +1,309 @@
+"""`train(...)`: data, split, model, training loop, model selection and the run folder.
+
+Follows algorithms.md: patients split 70/10/20 by the seed, accuracy@k overall and by four
+frequency groups, test metrics read at the epoch with the lowest validation loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hapnet.config import TrainConfig, make_config
+from hapnet.errors import HapnetError
+from hapnet.metrics import AccuracyAtK, frequency_groups
+from hapnet.models import get_model
+from hapnet.ontology import Ontology
+from hapnet.ontology_io import load_ontology
+from hapnet.predictor import DIAGNOSIS, BatchBuilder, NextVisitModel, next_visit_loss
+from hapnet.visits import VisitData, load_visits
+
+SPLIT = {"test": 0.2, "valid": 0.1}  # the rest trains
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class Split:
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+
+
+def split_patients(num_patients: int, seed: int) -> Split:
+    """Random 70/10/20 split of patient indices with the run's seed."""
+    order = np.random.default_rng(seed).permutation(num_patients)
+    num_test = int(round(SPLIT["test"] * num_patients))
+    num_valid = int(round(SPLIT["valid"] * num_patients))
+    return Split(
+        train=np.sort(order[num_test + num_valid :]),
+        valid=np.sort(order[num_test : num_test + num_valid]),
+        test=np.sort(order[:num_test]),
+    )
+
+
+def target_counts(data: VisitData, patients: np.ndarray, code_to_class: np.ndarray, num_codes: int) -> np.ndarray:
+    """How often each class is a prediction target (every visit but a patient's first)."""
+    starts = data.patient_offsets[patients] + 1
+    ends = data.patient_offsets[patients + 1]
+    lengths = ends - starts
+    from hapnet.predictor import _gather_ranges
+
+    visits = _gather_ranges(starts, lengths)
+    code_idx = _gather_ranges(data.visit_offsets[visits], np.diff(data.visit_offsets)[visits])
+    return np.bincount(code_to_class[data.codes[code_idx]], minlength=num_codes)
+
+
+def default_data_path(ontology_source: str, patients: int, seed: int = 0) -> Path:
+    """The built-in synthetic data set, generated once into the cache folder."""
+    from hapnet.ontology_io import cache_dir
+    from hapnet.synth import write_synth
+
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(ontology_source).name)
+    path = cache_dir() / f"synth-{safe}-{patients}-seed{seed}"
+    if not path.exists():
+        write_synth(path, ontology=ontology_source, patients=patients, seed=seed)
+    return path
+
+
+def load_training_data(config: TrainConfig) -> tuple[Ontology, VisitData]:
+    ontology = load_ontology(config.ontology)
+    path = config.data or default_data_path(config.ontology, config.synth_patients)
+    data = load_visits(path, ontology, columns=config.columns, unknown=config.unknown)
+    if len(data.patient_ids) < 10:
+        raise HapnetError(
+            f"{path}: only {len(data.patient_ids)} patients with 2+ visits; at least 10 are needed to split"
+        )
+    return ontology, data
+
+
+# ----------------------------------------------------------------------------- model
+@dataclass
+class Vocabulary:
+    """The observable codes: class index <-> ontology node index."""
+
+    nodes: np.ndarray  # [C] node index of each class
+    code_to_class: np.ndarray  # [num_nodes] class index, -1 for nodes that are not observable
+
+    @classmethod
+    def from_nodes(cls, nodes: np.ndarray, num_nodes: int) -> Vocabulary:
+        nodes = np.asarray(nodes, dtype=np.int64)
+        code_to_class = np.full(num_nodes, -1, dtype=np.int64)
+        code_to_class[nodes] = np.arange(len(nodes))
+        return cls(nodes, code_to_class)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HapnetError("--device cuda: no CUDA GPU is available here (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def build_model(config: TrainConfig, ontology: Ontology, vocab: Vocabulary) -> NextVisitModel:
+    """The registry's embedder for `config.model` on the (truncated) ontology + the visit GRU."""
+    from hapnet.models import EmbedderConfig
+
+    spec = get_model(config.model)
+    hierarchy = ontology.truncate(config.levels).compile()
+    embedder = spec.embedder(hierarchy, vocab.nodes, EmbedderConfig(dim=config.dim, attention_dim=config.attention_dim))
+    return NextVisitModel(embedder, len(vocab), config.dim, config.hidden, config.dropout)
+
+
+def glove_init(model: NextVisitModel, config: TrainConfig, data: VisitData, train: np.ndarray) -> None:
+    """GloVe on the training visits: codes only (RNN+/Rollup+) or codes and ancestors (HAP/GRAM)."""
+    from hapnet.glove import cooccurrence, train_glove
+    from hapnet.hierarchy import ancestor_sets
+
+    spec = get_model(config.model)
+    ontology = data.ontology.truncate(config.levels)
+    ancestors = ancestor_sets(ontology) if spec.glove_scope == "ancestors" else None
+    subset = data.subset(train)
+    cooc = cooccurrence(subset.visit_offsets, subset.codes, len(ontology), ancestors)
+    vectors = train_glove(cooc, config.dim, epochs=config.glove_epochs, seed=config.seed)
+    model.embedder.init_base(vectors)
+
+
+def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.optimizer == "adadelta":  # the paper's (Theano defaults: rho 0.95, eps 1e-6)
+        return torch.optim.Adadelta(params, lr=config.lr, rho=0.95, eps=1e-6, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+# ----------------------------------------------------------------------------- loop
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss, **self.accuracy}
+
+
+@torch.no_grad()
+def evaluate_patients(
+    model: NextVisitModel,
+    builder: BatchBuilder,
+    patients: np.ndarray,
+    groups: np.ndarray,
+    config: TrainConfig,
+    device: torch.device,
+) -> Evaluation:
+    """Loss (mean over patients) and accuracy@k of next-visit prediction for these patients."""
+    model.eval()
+    g = model.code_embeddings()
+    meter = AccuracyAtK(config.k, groups)
+    total, count = 0.0, 0
+    for start in range(0, len(patients), config.batch_size):
+        batch = builder.build(patients[start : start + config.batch_size]).to(device)
+        logits = model(batch, g)[DIAGNOSIS]
+        total += next_visit_loss(logits, batch, config.loss).item() * batch.num_patients
+        count += batch.num_patients
+        meter.update(logits, batch.targets(logits.shape[1]))
+    return Evaluation(total / max(count, 1), meter.result())
+
+
+class TrainCallbacks:
+    """Hooks for progress display; the library itself prints nothing."""
+
+    def on_data(self, data: VisitData, split: Split, vocab: Vocabulary) -> None: ...
+
+    def on_epoch_start(self, epoch: int, num_batches: int) -> None: ...
+
+    def on_batch(self, epoch: int, batch_index: int, loss: float) -> None: ...
+
+    def on_epoch_end(self, record: dict[str, Any], is_best: bool) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns and `hapnet train` prints."""
+
+    run_dir: Path | None
+    config: TrainConfig
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    data_report: Any = None
+    model: NextVisitModel | None = field(default=None, repr=False)
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    force: bool = False,
+    callbacks: TrainCallbacks | None = None,
+    **settings: Any,
+) -> TrainResult:
+    """Train one model and write its run folder (unless out is None and settings say nothing).
+
+    `hapnet.train(model="gram", levels=3, epochs=5, out="runs/gram")` or with a TrainConfig.
+    """
+    from hapnet.runs import RunWriter
+
+    config = config if config is not None else make_config(**settings)
+    config.validate()
+    callbacks = callbacks or TrainCallbacks()
+    writer = RunWriter.start(out, config, force=force) if out is not None else None
+    try:
+        result = _fit(config, callbacks, writer)
+        if writer is not None:
+            result.run_dir = writer.finish()
+        return result
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
+
+
+def _fit(config: TrainConfig, callbacks: TrainCallbacks, writer: Any) -> TrainResult:
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    ontology, data = load_training_data(config)
+    split = split_patients(len(data.patient_ids), config.seed)
+    vocab = Vocabulary.from_nodes(np.unique(data.codes), len(ontology))
+    counts = target_counts(data, split.train, vocab.code_to_class, len(vocab))
+    groups = frequency_groups(counts)
+    callbacks.on_data(data, split, vocab)
+
+    model = build_model(config, ontology, vocab)
+    if config.pretrain == "glove":
+        glove_init(model, config, data, split.train)
+    model.to(device)
+    optimizer = make_optimizer(config, model)
+    builder = BatchBuilder(data, vocab.code_to_class)
+    if writer is not None:
+        writer.save_vocabulary(ontology, vocab, counts, groups)
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"valid_loss": float("inf")}
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = np.random.default_rng([config.seed, epoch]).permutation(split.train)
+        batches = range(0, len(order), config.batch_size)
+        callbacks.on_epoch_start(epoch, len(batches))
+        started = time.perf_counter()
+        train_loss, seen = 0.0, 0
+        for index, start in enumerate(batches):
+            batch = builder.build(order[start : start + config.batch_size]).to(device)
+            loss = next_visit_loss(model(batch)[DIAGNOSIS], batch, config.loss)
+            if not torch.isfinite(loss):
+                raise HapnetError(f"training diverged: loss is {loss.item()} at epoch {epoch}, step {index + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            train_loss += loss.item() * batch.num_patients
+            seen += batch.num_patients
+            callbacks.on_batch(epoch, index, loss.item())
+        seconds = time.perf_counter() - started
+        valid = evaluate_patients(model, builder, split.valid, groups, config, device)
+        test = evaluate_patients(model, builder, split.test, groups, config, device)
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss / max(seen, 1),
+            "valid_loss": valid.loss,
+            "valid_accuracy": valid.accuracy["accuracy"],
+            "test_loss": test.loss,
+            "test_accuracy": test.accuracy["accuracy"],
+            "seconds": seconds,
+        }
+        history.append(record)
+        is_best = valid.loss < best["valid_loss"]
+        if is_best:
+            best = {"valid_loss": valid.loss, "epoch": epoch, "valid": valid, "test": test}
+            best["state"] = copy.deepcopy(model.state_dict())
+        callbacks.on_epoch_end(record, is_best)
+        if writer is not None:
+            writer.save_history(history)
+
+    model.load_state_dict(best["state"])
+    metrics = {
+        "model": config.model,
+        "levels": config.levels,
+        "pretrain": config.pretrain,
+        "k": config.k,
+        "seed": config.seed,
+        "best_epoch": best["epoch"],
+        "epochs": config.epochs,
+        "train_seconds_per_epoch": [r["seconds"] for r in history],
+        "test": best["test"].as_dict(),
+        "valid": best["valid"].as_dict(),
+        "split": {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)},
+        "codes": len(vocab),
+        "device": str(device),
+    }
+    if writer is not None:
+        writer.save_model(model, metrics)
+    return TrainResult(None, config, metrics, history, data.report, model)
