@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-
 from hapnet.cli import models, ontology, train
 
 app = typer.Typer(

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from rich.table import Table
-
 from hapnet.cli.common import console, user_errors
+from rich.table import Table
 
 
 @user_errors

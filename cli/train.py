@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
+from hapnet.cli.common import console, user_errors
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hapnet.cli.common import console, user_errors
 from hapnet.errors import HapnetError
 
 
@@ -43,7 +43,12 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
     for split in ("valid", "test"):
         if split in metrics:
             m = metrics[split]
-            table.add_row(split, *[f"{v:.4f}" for v in m["accuracy_by_group"]], f"{m['accuracy']:.4f}", f"{m['loss']:.4f}")
+            table.add_row(
+                split,
+                *[f"{v:.4f}" for v in m["accuracy_by_group"]],
+                f"{m['accuracy']:.4f}",
+                f"{m['loss']:.4f}",
+            )
     return table
 
 
@@ -57,7 +62,8 @@ class RichCallbacks:
     def on_data(self, data: Any, split: Any, vocab: Any) -> None:
         console.print(data_report_table(data.report.as_rows()))
         console.print(
-            f"split: {len(split.train):,} train / {len(split.valid):,} valid / {len(split.test):,} test patients; "
+            f"split: {len(split.train):,} train / {len(split.valid):,} valid / "
+            f"{len(split.test):,} test patients; "
             f"{len(vocab):,} observable codes"
         )
 
@@ -99,29 +105,46 @@ ModelOpt = Annotated[str, typer.Option("--model", help="hap, gram, rnn or rollup
 
 @user_errors
 def train(
-    data: Annotated[Optional[Path], typer.Option(help="MIMIC-III/IV folder, long CSV, or `hapnet synth` folder. Default: built-in synthetic data.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="MIMIC-III/IV folder, long CSV, or `hapnet synth` folder. Default: built-in synthetic data."
+        ),
+    ] = None,
     ontology: Annotated[str, typer.Option(help="Built-in ontology name or ontology file.")] = "icd9-ccs",
     model: ModelOpt = "hap",
-    levels: Annotated[Optional[int], typer.Option(help="Use only the lowest K levels of the ontology.")] = None,
-    pretrain: Annotated[str, typer.Option(help="glove or none (glove + rnn/rollup = the paper's RNN+/Rollup+).")] = "none",
-    preset: Annotated[Optional[str], typer.Option(help="`paper`: the paper's exact settings.")] = None,
-    epochs: Annotated[Optional[int], typer.Option()] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
-    dim: Annotated[Optional[int], typer.Option(help="Code embedding size d.")] = None,
-    hidden: Annotated[Optional[int], typer.Option(help="GRU hidden size.")] = None,
-    attention_dim: Annotated[Optional[int], typer.Option("--attention-dim")] = None,
-    dropout: Annotated[Optional[float], typer.Option()] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="adam, adamw or adadelta.")] = None,
-    loss: Annotated[Optional[str], typer.Option(help="softmax, paper or bce.")] = None,
+    levels: Annotated[int | None, typer.Option(help="Use only the lowest K levels of the ontology.")] = None,
+    pretrain: Annotated[
+        str, typer.Option(help="glove or none (glove + rnn/rollup = the paper's RNN+/Rollup+).")
+    ] = "none",
+    preset: Annotated[str | None, typer.Option(help="`paper`: the paper's exact settings.")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    dim: Annotated[int | None, typer.Option(help="Code embedding size d.")] = None,
+    hidden: Annotated[int | None, typer.Option(help="GRU hidden size.")] = None,
+    attention_dim: Annotated[int | None, typer.Option("--attention-dim")] = None,
+    dropout: Annotated[float | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam, adamw or adadelta.")] = None,
+    loss: Annotated[str | None, typer.Option(help="softmax, paper or bce.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    seeds: Annotated[Optional[str], typer.Option(help="Several seeds, e.g. 0-4: one run each + mean ± std table.")] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Several seeds, e.g. 0-4: one run each + mean ± std table.")
+    ] = None,
     k: Annotated[int, typer.Option("--k", help="k of accuracy@k.")] = 20,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    unknown: Annotated[str, typer.Option(help="Codes not in the ontology: ancestor, drop or error.")] = "ancestor",
-    columns: Annotated[Optional[str], typer.Option(help="Long CSV column names: patient=…,visit=…,time=…,code=…")] = None,
-    synth_patients: Annotated[Optional[int], typer.Option("--synth-patients", help="Size of the built-in synthetic data.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default runs/MODEL-TIME).")] = None,
+    unknown: Annotated[
+        str, typer.Option(help="Codes not in the ontology: ancestor, drop or error.")
+    ] = "ancestor",
+    columns: Annotated[
+        str | None, typer.Option(help="Long CSV column names: patient=…,visit=…,time=…,code=…")
+    ] = None,
+    synth_patients: Annotated[
+        int | None, typer.Option("--synth-patients", help="Size of the built-in synthetic data.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run folder (default runs/MODEL-TIME).")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing run folder.")] = False,
 ) -> None:
     """Train a next-visit diagnosis model (HAP, GRAM, RNN, Rollup) and evaluate it as the paper does."""
@@ -152,7 +175,11 @@ def train(
         columns=parse_columns(columns),
         synth_patients=synth_patients,
     )
-    name = config.model + (f"-lv{config.levels}" if config.levels else "") + ("-glove" if config.pretrain == "glove" else "")
+    name = (
+        config.model
+        + (f"-lv{config.levels}" if config.levels else "")
+        + ("-glove" if config.pretrain == "glove" else "")
+    )
     out = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if seeds:
         result = train_seeds(config, parse_seeds(seeds), out, force=force, callbacks=RichCallbacks())
@@ -160,15 +187,19 @@ def train(
         console.print(f"runs and summary.md / summary.json in [bold]{result.out}[/]")
         return
     result = train_model(config, out=out, force=force, callbacks=RichCallbacks())
-    console.print(metrics_table(result.metrics, f"{name}: best epoch {result.metrics['best_epoch']} (lowest valid loss)"))
+    console.print(
+        metrics_table(
+            result.metrics, f"{name}: best epoch {result.metrics['best_epoch']} (lowest valid loss)"
+        )
+    )
     console.print(f"run folder: [bold]{result.run_dir}[/]")
 
 
 @user_errors
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `hapnet train`.")],
-    data: Annotated[Optional[Path], typer.Option(help="Other data to evaluate on (all its patients).")] = None,
-    k: Annotated[Optional[int], typer.Option("--k", help="k of accuracy@k (default: the run's).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Other data to evaluate on (all its patients).")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="k of accuracy@k (default: the run's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -183,5 +214,8 @@ def evaluate(
         return
     console.print(data_report_table(result["data"]))
     if result["codes_outside_vocabulary"]:
-        console.print(f"[yellow]{result['codes_outside_vocabulary']:,} code occurrences are not in the run's vocabulary (dropped)[/]")
+        console.print(
+            f"[yellow]{result['codes_outside_vocabulary']:,} code occurrences are not in the run's "
+            "vocabulary (dropped)[/]"
+        )
     console.print(metrics_table(result, f"{run_dir}: {result['scope']}"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hapnet.errors import HapnetError
@@ -51,7 +52,10 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
             (self.unknown in UNKNOWN_POLICIES, f"--unknown must be one of {', '.join(UNKNOWN_POLICIES)}"),
-            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "--device: auto|cpu|cuda"),
+            (
+                self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+                "--device: auto|cpu|cuda",
+            ),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (min(self.dim, self.hidden, self.attention_dim) >= 1, "sizes must be at least 1"),
@@ -100,4 +104,9 @@ def make_config(preset: str | None = None, **settings: Any) -> TrainConfig:
         values.update(PRESETS[preset])
         values["preset"] = preset
     values.update({k: v for k, v in settings.items() if v is not None})
+    # File paths are stored absolute so that a run folder can be evaluated from anywhere.
+    for key in ("data", "ontology"):
+        value = values.get(key)
+        if value and Path(value).exists():
+            values[key] = str(Path(value).resolve())
     return TrainConfig.from_dict(values).validate()

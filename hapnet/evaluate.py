@@ -31,14 +31,18 @@ def restrict_to_codes(data: VisitData, code_to_class: np.ndarray) -> tuple[Visit
     restricted = dataclasses.replace(
         data,
         patient_ids=data.patient_ids[keep_patient],
-        patient_offsets=np.concatenate([[0], np.cumsum(new_visits_per_patient[keep_patient])]).astype(np.int64),
+        patient_offsets=np.concatenate([[0], np.cumsum(new_visits_per_patient[keep_patient])]).astype(
+            np.int64
+        ),
         visit_offsets=np.concatenate([[0], np.cumsum(new_lengths[keep_visit])]).astype(np.int64),
         codes=data.codes[keep_code],
     )
     return restricted, int((~keep_code).sum())
 
 
-def evaluate(run_dir: str | Path, data: str | Path | None = None, k: int | None = None, device: str = "auto") -> dict[str, Any]:
+def evaluate(
+    run_dir: str | Path, data: str | Path | None = None, k: int | None = None, device: str = "auto"
+) -> dict[str, Any]:
     """Accuracy@k (overall, by frequency group) and loss of a saved run.
 
     Without `data`: the run's own test split (same data, same seed). With `data`: every patient
@@ -66,7 +70,9 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, k: int | None 
         scope = f"all patients of {data}"
     if len(patients) == 0:
         raise HapnetError(f"{data or run_dir}: no patient with 2+ visits of codes this run knows")
-    result = evaluate_patients(run.model, BatchBuilder(visits, vocab.code_to_class), patients, groups, config, torch_device)
+    result = evaluate_patients(
+        run.model, BatchBuilder(visits, vocab.code_to_class), patients, groups, config, torch_device
+    )
     return {
         "run": str(run_dir),
         "model": config.model,

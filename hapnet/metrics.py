@@ -51,15 +51,21 @@ class AccuracyAtK:
         groups = self._groups_t.to(scores.device)
         code_hits = (in_top & true).sum(0)
         code_totals = true.sum(0)
-        self.hits += torch.zeros(NUM_GROUPS, dtype=torch.int64, device=scores.device).index_add_(
-            0, groups, code_hits
-        ).cpu().numpy()
-        self.totals += torch.zeros(NUM_GROUPS, dtype=torch.int64, device=scores.device).index_add_(
-            0, groups, code_totals
-        ).cpu().numpy()
+        self.hits += (
+            torch.zeros(NUM_GROUPS, dtype=torch.int64, device=scores.device)
+            .index_add_(0, groups, code_hits)
+            .cpu()
+            .numpy()
+        )
+        self.totals += (
+            torch.zeros(NUM_GROUPS, dtype=torch.int64, device=scores.device)
+            .index_add_(0, groups, code_totals)
+            .cpu()
+            .numpy()
+        )
 
     def result(self) -> dict:
-        by_group = [float(h / t) if t else float("nan") for h, t in zip(self.hits, self.totals)]
+        by_group = [float(h / t) if t else float("nan") for h, t in zip(self.hits, self.totals, strict=True)]
         total = int(self.totals.sum())
         return {
             "accuracy": float(self.hits.sum() / total) if total else float("nan"),

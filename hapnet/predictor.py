@@ -8,13 +8,15 @@ Visit vector v_t = tanh(sum of g_c over the visit's codes), built from code ids 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hapnet.visits import VisitData
+if TYPE_CHECKING:
+    from hapnet.visits import VisitData
 
 DIAGNOSIS = "diagnosis"
 LOSSES = ("paper", "softmax", "bce")

@@ -53,7 +53,9 @@ def format_cell(stat: dict[str, float]) -> str:
     return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
 
-def markdown_table(rows: list[tuple[str, dict[str, Any]]], published: dict[str, list[float]] | None = None) -> str:
+def markdown_table(
+    rows: list[tuple[str, dict[str, Any]]], published: dict[str, list[float]] | None = None
+) -> str:
     """The paper's layout: one row per configuration, accuracy@k per group, then overall."""
     k = rows[0][1]["k"] if rows else 20
     header = f"| model | {' | '.join(GROUP_LABELS)} | accuracy@{k} |"
@@ -82,7 +84,9 @@ class SeedsResult:
         return markdown_table([(name, self.summary)])
 
 
-def train_seeds(config: TrainConfig, seeds: list[int], out: str | Path, *, force: bool = False, callbacks: Any = None) -> SeedsResult:
+def train_seeds(
+    config: TrainConfig, seeds: list[int], out: str | Path, *, force: bool = False, callbacks: Any = None
+) -> SeedsResult:
     """One run per seed under OUT/seed-S, then OUT/summary.json and OUT/summary.md.
 
     Finished seeds (a complete run folder) are reused, so an interrupted sweep resumes.
@@ -108,6 +112,10 @@ def train_seeds(config: TrainConfig, seeds: list[int], out: str | Path, *, force
         all_metrics.append(result.metrics)
     summary = summarize(all_metrics)
     write_json(out / "summary.json", summary)
-    name = config.model + (f" (lv{config.levels})" if config.levels else "") + ("+" if config.pretrain == "glove" else "")
+    name = (
+        config.model
+        + (f" (lv{config.levels})" if config.levels else "")
+        + ("+" if config.pretrain == "glove" else "")
+    )
     (out / "summary.md").write_text(markdown_table([(name, summary)]))
     return SeedsResult(out, all_metrics, summary)

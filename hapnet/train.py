@@ -47,7 +47,9 @@ def split_patients(num_patients: int, seed: int) -> Split:
     )
 
 
-def target_counts(data: VisitData, patients: np.ndarray, code_to_class: np.ndarray, num_codes: int) -> np.ndarray:
+def target_counts(
+    data: VisitData, patients: np.ndarray, code_to_class: np.ndarray, num_codes: int
+) -> np.ndarray:
     """How often each class is a prediction target (every visit but a patient's first)."""
     starts = data.patient_offsets[patients] + 1
     ends = data.patient_offsets[patients + 1]
@@ -115,7 +117,9 @@ def build_model(config: TrainConfig, ontology: Ontology, vocab: Vocabulary) -> N
 
     spec = get_model(config.model)
     hierarchy = ontology.truncate(config.levels).compile()
-    embedder = spec.embedder(hierarchy, vocab.nodes, EmbedderConfig(dim=config.dim, attention_dim=config.attention_dim))
+    embedder = spec.embedder(
+        hierarchy, vocab.nodes, EmbedderConfig(dim=config.dim, attention_dim=config.attention_dim)
+    )
     return NextVisitModel(embedder, len(vocab), config.dim, config.hidden, config.dropout)
 
 
@@ -136,7 +140,9 @@ def glove_init(model: NextVisitModel, config: TrainConfig, data: VisitData, trai
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     params = model.parameters()
     if config.optimizer == "adadelta":  # the paper's (Theano defaults: rho 0.95, eps 1e-6)
-        return torch.optim.Adadelta(params, lr=config.lr, rho=0.95, eps=1e-6, weight_decay=config.weight_decay)
+        return torch.optim.Adadelta(
+            params, lr=config.lr, rho=0.95, eps=1e-6, weight_decay=config.weight_decay
+        )
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -260,7 +266,9 @@ def _fit(config: TrainConfig, callbacks: TrainCallbacks, writer: Any) -> TrainRe
             batch = builder.build(order[start : start + config.batch_size]).to(device)
             loss = next_visit_loss(model(batch)[DIAGNOSIS], batch, config.loss)
             if not torch.isfinite(loss):
-                raise HapnetError(f"training diverged: loss is {loss.item()} at epoch {epoch}, step {index + 1}")
+                raise HapnetError(
+                    f"training diverged: loss is {loss.item()} at epoch {epoch}, step {index + 1}"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

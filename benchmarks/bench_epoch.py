@@ -1,0 +1,87 @@
+"""Benchmark: one training epoch at the paper's settings on MIMIC-III-sized synthetic data,
+against its arithmetic floor (FLOPs / this machine's measured matmul speed).
+
+    python benchmarks/bench_epoch.py [--model hap] [--patients 7500] [--epochs 2]
+
+Prints the data shape, seconds per epoch (the last epoch, after warm-up), the epoch's FLOPs,
+the floor, and the ratio. Not a test: run it by hand and record the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import numpy as np
+import torch
+from hapnet.visits import load_visits
+
+import hapnet
+from hapnet.config import make_config
+from hapnet.flops import BACKWARD_FACTOR, matmul_gflops, predictor_flops, propagation_flops
+from hapnet.predictor import BatchBuilder
+from hapnet.train import Vocabulary, default_data_path, split_patients
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="hap")
+    parser.add_argument("--ontology", default="icd9-ccs")
+    parser.add_argument("--patients", type=int, default=7500)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--preset", default="paper")
+    args = parser.parse_args()
+
+    data_path = default_data_path(args.ontology, args.patients)
+    config = make_config(
+        preset=args.preset,
+        model=args.model,
+        ontology=args.ontology,
+        data=str(data_path),
+        epochs=args.epochs,
+        device="cpu",
+    )
+    ontology = hapnet.load_ontology(args.ontology)
+    data = load_visits(data_path, ontology)
+    codes = data.codes
+    print(
+        f"data: {len(data.patient_ids):,} patients, {len(data.visit_offsets) - 1:,} visits, "
+        f"{len(np.unique(codes)):,} codes, {len(codes) / (len(data.visit_offsets) - 1):.1f} codes/visit"
+    )
+
+    # FLOPs of one epoch over the training split, batch by batch.
+    split = split_patients(len(data.patient_ids), config.seed)
+    vocab = Vocabulary.from_nodes(np.unique(codes), len(ontology))
+    hierarchy = ontology.truncate(config.levels).compile()
+    per_step_prop = propagation_flops(config.model, hierarchy, vocab.nodes, config.dim, config.attention_dim)
+    builder = BatchBuilder(data, vocab.code_to_class)
+    flops = 0
+    batches = 0
+    for start in range(0, len(split.train), config.batch_size):
+        batch = builder.build(split.train[start : start + config.batch_size])
+        padded = batch.step_mask.numel()
+        flops += per_step_prop + predictor_flops(
+            padded, batch.num_steps, config.dim, config.hidden, len(vocab)
+        )
+        batches += 1
+    flops *= BACKWARD_FACTOR
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = hapnet.train(config, out=f"{tmp}/run")
+    seconds = result.metrics["train_seconds_per_epoch"][-1]
+    speed = matmul_gflops()
+    floor = flops / (speed * 1e9)
+    print(f"threads: {torch.get_num_threads()}, matmul 2048^2 fp32: {speed:.0f} GFLOP/s")
+    print(
+        f"model {config.model}, preset {args.preset}: {batches} steps/epoch, "
+        f"propagation {per_step_prop * BACKWARD_FACTOR / 1e9:.2f} GFLOP/step (fwd+bwd)"
+    )
+    print(
+        f"epoch FLOPs {flops / 1e9:.1f} GFLOP; floor {floor:.2f} s; measured {seconds:.2f} s/epoch; "
+        f"ratio {seconds / floor:.2f}x the floor"
+    )
+    print("seconds per epoch:", [round(s, 2) for s in result.metrics["train_seconds_per_epoch"]])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+from hapnet.predictor import BatchBuilder, NextVisitModel, next_visit_loss
+
+
+def tiny_data():
+    # patient A: visits [0,1], [2], [1,3]; patient B: visits [4], [0]
+    visits = [[0, 1], [2], [1, 3], [4], [0]]
+    return SimpleNamespace(
+        patient_offsets=np.array([0, 3, 5]),
+        visit_offsets=np.concatenate([[0], np.cumsum([len(v) for v in visits])]),
+        codes=np.array([c for v in visits for c in v]),
+    )
+
+
+def test_batch_builder_builds_padded_bags_and_next_visit_targets():
+    batch = BatchBuilder(tiny_data(), np.arange(5)).build(np.array([0, 1]))
+    assert batch.num_patients == 2 and batch.num_steps == 3
+    assert batch.step_mask.tolist() == [[True, True], [True, False]]
+    assert batch.input_codes.tolist() == [0, 1, 2, 4]
+    assert batch.input_offsets.tolist() == [0, 2, 3, 4]  # last bag (padding) is empty
+    assert batch.step_patient.tolist() == [0, 0, 1]
+    assert batch.target_rows.tolist() == [0, 1, 1, 2]
+    assert batch.target_codes.tolist() == [2, 1, 3, 0]
+
+
+def test_batch_builder_maps_nodes_to_classes():
+    code_to_class = np.array([4, 3, 2, 1, 0])
+    batch = BatchBuilder(tiny_data(), code_to_class).build(np.array([1]))
+    assert batch.input_codes.tolist() == [0] and batch.target_codes.tolist() == [4]
+
+
+class FixedEmbedder(nn.Module):
+    def __init__(self, num_codes, dim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_codes, dim, dtype=torch.float64))
+
+    def forward(self):
+        return self.weight
+
+
+def test_embedding_bag_path_equals_dense_multi_hot_path():
+    torch.manual_seed(0)
+    model = NextVisitModel(FixedEmbedder(5, 3), num_codes=5, dim=3, hidden=4, dropout=0.0).double().eval()
+    batch = BatchBuilder(tiny_data(), np.arange(5)).build(np.array([0, 1]))
+    logits = model(batch)["diagnosis"]
+    # Dense reference: multi-hot visit matrix @ g, GRU per patient without padding.
+    visits = [[0, 1], [2], [1, 3], [4], [0]]
+    multi_hot = torch.zeros(5, 5, dtype=torch.float64)
+    for i, v in enumerate(visits):
+        multi_hot[i, v] = 1
+    x = torch.tanh(multi_hot @ model.embedder.weight)
+    out_a, _ = model.gru(x[None, 0:2])
+    out_b, _ = model.gru(x[None, 3:4])
+    expected = model.heads["diagnosis"](torch.cat([out_a[0], out_b[0]]))
+    assert torch.allclose(logits, expected)
+
+
+def test_paper_loss_by_hand_with_uniform_predictions():
+    batch = BatchBuilder(tiny_data(), np.arange(5)).build(np.array([0, 1]))
+    logits = torch.zeros(3, 5)  # p = 1/5 everywhere
+
+    def step(n_true):
+        return -(n_true * math.log(0.2) + (5 - n_true) * math.log(0.8))
+
+    # patient A: steps with 1 and 2 true codes, averaged; patient B: one step with 1 true code.
+    expected = ((step(1) + step(2)) / 2 + step(1)) / 2
+    assert abs(next_visit_loss(logits, batch, "paper").item() - expected) < 1e-5
+    softmax_expected = -math.log(0.2)  # every step: mean over true codes of -log(1/5)
+    assert abs(next_visit_loss(logits, batch, "softmax").item() - softmax_expected) < 1e-5
