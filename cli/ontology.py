@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -12,12 +12,16 @@ from rich.tree import Tree
 
 import hapnet
 from hapnet.ontology import EXACT, UNKNOWN
-from hapnet.cli.common import console, user_errors
+
+from .common import console, user_errors
 
 app = typer.Typer(help="Inspect ontologies: built-in names or files.", no_args_is_help=True)
 
 SourceArg = Annotated[str, typer.Argument(help="Built-in name (see `hapnet ontology list`) or a CSV file.")]
-LevelsOpt = Annotated[Optional[int], typer.Option("--levels", help="Keep only the lowest K levels.")]
+LevelsOpt = Annotated[
+    int | None,
+    typer.Option("--levels", metavar="K", help="Use only the lowest K levels (as HAP (lvK)); default: all."),
+]
 
 
 @app.command("list")
@@ -47,7 +51,8 @@ def info(
         table.add_row(key.replace("_", " "), f"{summary[key]:,}")
     if summary["cut_level"]:
         table.add_row("levels used", f"{summary['cut_level']}..{summary['depth']}")
-        table.add_row("leaves below the cut", f"{summary['standalone_below_cut']:,} (keep their own embedding)")
+        below = summary["standalone_below_cut"]
+        table.add_row("leaves below the cut", f"{below:,} (keep their own embedding)")
     console.print(table)
     levels_table = Table("level", "nodes", title="Nodes per level")
     for level, count in enumerate(summary["per_level"]):
@@ -66,16 +71,15 @@ def show(
     ontology = hapnet.load_ontology(source)
     found = ontology.resolve(code)
     if found.status == UNKNOWN:
-        index = ontology._index.get(code.strip())  # category ids such as CCS:7.1 are not normalised
-        if index is None:
-            raise hapnet.HapnetError(f"{source}: unknown code {code!r}")
+        index = ontology.index(code.strip())  # an id as written, else a one-line "unknown code" error
     else:
         index = found.index
         if found.status != EXACT:
-            console.print(f"[yellow]{escape(code)} is not in {source}; nearest ancestor shown.[/]")
+            console.print(f"[yellow]{escape(code)} is not in {escape(source)}; nearest ancestor shown.[/]")
 
     def label(i: int) -> str:
-        return f"[bold]{escape(ontology.ids[i])}[/] {escape(ontology.descriptions[i])} [dim](level {ontology.levels[i]})[/]"
+        node, text = escape(ontology.ids[i]), escape(ontology.descriptions[i])
+        return f"[bold]{node}[/] {text} [dim](level {ontology.levels[i]})[/]"
 
     console.print(label(index))
     for path in ontology.paths_to_root(index):
@@ -88,7 +92,9 @@ def show(
     if len(children):
         table = Table("child", "description", "level", title=f"{len(children)} children")
         for child in children[:max_children]:
-            table.add_row(ontology.ids[child], ontology.descriptions[child], str(ontology.levels[child]))
+            table.add_row(
+                escape(ontology.ids[child]), escape(ontology.descriptions[child]), str(ontology.levels[child])
+            )
         if len(children) > max_children:
             table.caption = f"first {max_children} of {len(children)} (--children N for more)"
         console.print(table)

@@ -45,6 +45,8 @@ class Ontology:
     cut_level: int = 0  # set by truncate(): nodes below this level take no part
     source: str = ""
     _index: dict[str, int] = field(default=None, repr=False)  # type: ignore[assignment]
+    # Children counts before truncate() (which drops every edge out of a node below the cut).
+    _full_num_children: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self._index is None:
@@ -60,10 +62,11 @@ class Ontology:
         *,
         source: str = "",
     ) -> Ontology:
-        """Build from (parent, child) id pairs; a parent of "" means "top level, under the root".
+        """Build from (parent, child) id pairs; a parent of "" only declares the child.
 
         Duplicate edges are merged; parents named but never declared become nodes; nodes with
-        no parent hang under the root. Self-loops and cycles raise `InputError` naming the nodes.
+        no parent (top level) hang under the root. Self-loops and cycles raise `InputError`
+        naming the nodes.
         """
         descriptions = descriptions or {}
         graph = nx.DiGraph()
@@ -79,20 +82,17 @@ class Ontology:
             raise InputError(source or name, f"{ROOT!r} is reserved for the artificial root")
         if graph.number_of_nodes() == 0:
             raise InputError(source or name, "no nodes")
-        try:
-            cycle = nx.find_cycle(graph)
-        except nx.NetworkXNoCycle:
-            cycle = None
-        if cycle:
-            nodes = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
-            raise InputError(source or name, f"cycle: {nodes}")
         tops = [n for n, indegree in graph.in_degree() if indegree == 0]
         graph.add_edges_from((ROOT, n) for n in tops)
+        try:
+            order = list(nx.topological_sort(graph))
+        except nx.NetworkXUnfeasible:  # only then look for the cycle to name it (slower)
+            cycle = nx.find_cycle(graph)
+            nodes = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
+            raise InputError(source or name, f"cycle (parent -> child): {nodes}") from None
 
         level = {ROOT: 0}
-        for node in nx.topological_sort(graph):
-            if node == ROOT:
-                continue
+        for node in order[1:]:  # the root comes first: it is the only node without a parent
             level[node] = 1 + max(level[p] for p in graph.predecessors(node))
         # Root first, then by level; within a level, the order the nodes were first seen.
         first_seen = {n: i for i, n in enumerate(graph.nodes)}
@@ -119,15 +119,19 @@ class Ontology:
     def __contains__(self, node_id: str) -> bool:
         return node_id in self._index
 
+    def find(self, node_id: str) -> int | None:
+        """Index of a node id as written or after normalisation (no prefix mapping), else None."""
+        found = self._index.get(node_id)
+        if found is None:
+            found = self._index.get(normalize_code(node_id))
+        return found
+
     def index(self, node_id: str) -> int:
-        """Index of a node id (exact, after normalisation); KeyError names the code if absent."""
-        try:
-            return self._index[node_id]
-        except KeyError:
-            normalized = normalize_code(node_id)
-            if normalized in self._index:
-                return self._index[normalized]
-            raise HapnetError(f"{self.name}: unknown code {node_id!r}") from None
+        """Index of a node id as written or after normalisation; `HapnetError` names it if absent."""
+        found = self.find(node_id)
+        if found is None:
+            raise HapnetError(f"{self.source or self.name}: unknown code {node_id!r}")
+        return found
 
     @property
     def num_edges(self) -> int:
@@ -168,6 +172,10 @@ class Ontology:
         """The figures `hapnet ontology info` prints."""
         active = self.levels >= self.cut_level
         per_level = self.per_level()
+        # Leaves of the full ontology below the cut: codes with no ancestor in range.
+        full_children = self.num_children if self._full_num_children is None else self._full_num_children
+        full_leaf = full_children == 0
+        full_leaf[0] = False
         return {
             "name": self.name,
             "source": self.source,
@@ -180,7 +188,7 @@ class Ontology:
             "max_parents": int(self.num_parents.max()),
             "max_children": int(self.num_children.max()),
             "cut_level": self.cut_level,
-            "standalone_below_cut": int((self.is_leaf & ~active).sum()),
+            "standalone_below_cut": int((full_leaf & ~active).sum()),
         }
 
     # ----------------------------------------------------------------- navigation
@@ -267,6 +275,7 @@ class Ontology:
         if cut <= self.cut_level:
             return self
         keep = self.levels[self.edge_parent] >= cut
+        full_num_children = self.num_children if self._full_num_children is None else self._full_num_children
         return Ontology(
             name=self.name,
             ids=self.ids,
@@ -277,6 +286,7 @@ class Ontology:
             cut_level=cut,
             source=self.source,
             _index=self._index,
+            _full_num_children=full_num_children,
         )
 
     def compile(self):  # noqa: ANN201 - avoids importing torch for ontology-only commands

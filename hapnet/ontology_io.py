@@ -19,9 +19,9 @@ import numpy as np
 from hapnet.codes import normalize_code
 from hapnet.errors import HapnetError, InputError
 from hapnet.ontology import ROOT, Ontology
-from hapnet.textio import atomic_path, read_bytes, decode_text
+from hapnet.textio import atomic_path, decode_text, read_bytes
 
-CACHE_FORMAT = 1  # bump when the cached layout or a loader's output changes
+CACHE_FORMAT = 2  # bump when the cached layout or a loader's output changes
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ def _bundled(filename: str) -> Path:
 
 # ----------------------------------------------------------------------------- file formats
 CCS_HEADER = "'ICD-9-CM CODE'"
-_CCS_FIELD = re.compile(r"""\s*(?:'([^']*)'|"([^"]*)"|([^,]*))\s*(?:,|$)""")
+# One field: '...' or "..." (a doubled quote inside stands for one) or bare, then a comma or the end.
+_CCS_FIELD = re.compile(r"""\s*(?:'((?:[^']|'')*)'|"((?:[^"]|"")*)"|([^,]*))\s*(?:,|$)""")
 
 
 def _ccs_fields(line: str) -> list[str]:
@@ -49,20 +50,36 @@ def _ccs_fields(line: str) -> list[str]:
         match = _CCS_FIELD.match(line, pos)
         if match is None or match.end() == pos:
             break
-        fields.append(next(g for g in match.groups() if g is not None).strip())
+        single, double, bare = match.groups()
+        if single is not None:
+            fields.append(single.replace("''", "'").strip())
+        elif double is not None:
+            fields.append(double.replace('""', '"').strip())
+        else:
+            fields.append(bare.strip())
         pos = match.end()
     return fields
 
 
-def parse_ccs_multilevel(text: str, source: str, name: str = "ccs") -> Ontology:
+def _first_line(lines: list[str]) -> int:
+    """Index of the first non-blank line (the header), len(lines) when there is none."""
+    return next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+
+
+def parse_ccs_multilevel(
+    text: str, source: str, name: str = "ccs", code_descriptions: dict[str, str] | None = None
+) -> Ontology:
     """AHRQ CCS multi-level: code, then (id, label) for levels 1-4; blank deeper levels skipped.
 
-    CCS category ids are namespaced `CCS:1.2.3` so they never collide with ICD-9 codes.
+    CCS category ids are namespaced `CCS:1.2.3` so they never collide with ICD-9 codes. The CCS
+    file has no code descriptions: `code_descriptions` (normalised code -> text) supplies them.
     """
+    code_descriptions = code_descriptions or {}
     lines = text.splitlines()
+    header = _first_line(lines)
     edges: list[tuple[str, str]] = []
     descriptions: dict[str, str] = {}
-    for number, line in enumerate(lines[1:], start=2):
+    for number, line in enumerate(lines[header + 1 :], start=header + 2):
         if not line.strip():
             continue
         fields = _ccs_fields(line)
@@ -83,34 +100,43 @@ def parse_ccs_multilevel(text: str, source: str, name: str = "ccs") -> Ontology:
         if not parent:
             raise InputError(source, f"code {code} has no CCS category", number)
         edges.append((parent, code))
-        descriptions.setdefault(code, "")
+        descriptions.setdefault(code, code_descriptions.get(code, ""))
     if not edges:
-        raise InputError(source, "no data rows after the header")
+        raise InputError(source, "header only, no data rows")
     return Ontology.from_edges(name, edges, descriptions, source=source)
 
 
+_CODE_COLUMNS = ("code", "id", "node", "child")
+_PARENT_COLUMNS = ("parent", "parent_code", "parent_id")
 _DESCRIPTION_COLUMNS = ("description", "desc", "label", "name", "title")
+
+
+def _column(columns: list[str], names: tuple[str, ...]) -> int | None:
+    return next((columns.index(c) for c in names if c in columns), None)
 
 
 def parse_parent_csv(text: str, source: str, name: str = "ontology") -> Ontology:
     """Generic `code,parent[,description]` CSV; several rows for one code = several parents."""
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        header = next(reader)
+        header: list[str] = []
+        while not any(cell.strip() for cell in header):  # skip blank lines before the header
+            header = next(reader)
     except StopIteration:
         raise InputError(source, "empty file") from None
     except csv.Error as exc:
-        raise InputError(source, f"unreadable CSV ({exc})", 1) from None
+        raise InputError(source, f"unreadable CSV ({exc})", reader.line_num) from None
     columns = [h.strip().lower() for h in header]
-    if "code" not in columns or "parent" not in columns:
+    code_col, parent_col = _column(columns, _CODE_COLUMNS), _column(columns, _PARENT_COLUMNS)
+    if code_col is None or parent_col is None:
+        shown = ",".join(h.strip() for h in header[:6])[:120]
         raise InputError(
             source,
-            f"wrong columns {header[:6]}: expected a header code,parent[,description] "
-            f"or the CCS multi-level header",
-            1,
+            f"wrong columns '{shown}': expected a header code,parent[,description] "
+            f"or the CCS multi-level header ('ICD-9-CM CODE','CCS LVL 1',...)",
+            reader.line_num,
         )
-    code_col, parent_col = columns.index("code"), columns.index("parent")
-    desc_col = next((columns.index(c) for c in _DESCRIPTION_COLUMNS if c in columns), None)
+    desc_col = _column(columns, _DESCRIPTION_COLUMNS)
     edges: list[tuple[str, str]] = []
     descriptions: dict[str, str] = {}
     try:
@@ -141,36 +167,62 @@ def parse_parent_csv(text: str, source: str, name: str = "ontology") -> Ontology
 
 def parse_ontology_text(text: str, source: str, name: str) -> Ontology:
     """Detect the format from the header line and parse."""
-    first = text.lstrip("\ufeff").split("\n", 1)[0].strip()
-    if not first and not text.strip():
+    text = text.lstrip("\ufeff")
+    if not text.strip():
         raise InputError(source, "empty file")
+    first = text.lstrip().split("\n", 1)[0].strip()
     if first.startswith(CCS_HEADER) or "CCS LVL 1" in first.upper():
         return parse_ccs_multilevel(text, source, name)
     return parse_parent_csv(text, source, name)
 
 
 # ----------------------------------------------------------------------------- built-ins
+def _bundled_text(filename: str) -> str:
+    path = _bundled(filename)
+    return decode_text(read_bytes(path), path)
+
+
+def _icd9cm_descriptions() -> dict[str, str]:
+    """ICD-9-CM code -> description from the bundled CMS v32 file (chapters and sections too)."""
+    reader = csv.DictReader(io.StringIO(_bundled_text("icd9cm_2015.csv.gz"), newline=""))
+    return {normalize_code(row["code"]): row["description"].strip() for row in reader}
+
+
 def _build_icd9_ccs() -> Ontology:
-    path = _bundled("ccs_multi_dx_tool_2015.csv.gz")
-    return parse_ccs_multilevel(decode_text(read_bytes(path), path), "icd9-ccs", "icd9-ccs")
+    """CCS multi-level; the CCS file has no code descriptions, so they come from ICD-9-CM v32.
+
+    27 CCS codes retired before FY2015 (`0420`, `30510`, ...) are not in v32 and keep an empty one.
+    """
+    text = _bundled_text("ccs_multi_dx_tool_2015.csv.gz")
+    return parse_ccs_multilevel(text, "icd9-ccs", "icd9-ccs", code_descriptions=_icd9cm_descriptions())
 
 
 def _build_icd9cm() -> Ontology:
-    path = _bundled("icd9cm_2015.csv.gz")
-    return parse_parent_csv(decode_text(read_bytes(path), path), "icd9cm", "icd9cm")
+    return parse_parent_csv(_bundled_text("icd9cm_2015.csv.gz"), "icd9cm", "icd9cm")
 
 
 def _build_icd10cm_ccsr() -> Ontology:
-    """CCSR categories and body systems are namespaced `CCSR:CIR007`, `CCSR:CIR`."""
-    path = _bundled("icd10cm_ccsr_v2023_1.csv.gz")
-    raw = parse_parent_csv(decode_text(read_bytes(path), path), "icd10cm-ccsr", "icd10cm-ccsr")
-    has_children = raw.num_children > 0
-    rename = {i: f"CCSR:{raw.ids[i]}" for i in np.flatnonzero(has_children) if i != 0}
+    """Body systems (level 1) and CCSR categories (level 2) are namespaced `CCSR:CIR`, `CCSR:CIR007`.
+
+    Quirk handled: the body system `XXX` and its categories `XXX000` / `XXX111` mark codes that are
+    unacceptable as a principal / first-listed diagnosis in the default-CCSR columns; the file has
+    no code under them, so these three empty category nodes are dropped.
+    """
+    raw = parse_parent_csv(_bundled_text("icd10cm_ccsr_v2023_1.csv.gz"), "icd10cm-ccsr", "icd10cm-ccsr")
+    is_code = raw.levels == raw.depth
+    # Categories with at least one code, then body systems with at least one such category.
+    kept = np.zeros(len(raw), dtype=bool)
+    kept[is_code] = True
+    for level in range(raw.depth - 1, 0, -1):
+        has_kept_child = kept[raw.edge_child] & (raw.levels[raw.edge_parent] == level)
+        kept[raw.edge_parent[has_kept_child]] = True
+    node_id = [raw.ids[i] if is_code[i] else f"CCSR:{raw.ids[i]}" for i in range(len(raw))]
     edges = [
-        ("" if p == 0 else rename.get(p, raw.ids[p]), rename.get(c, raw.ids[c]))
-        for p, c in zip(raw.edge_parent.tolist(), raw.edge_child.tolist())
+        ("" if p == 0 else node_id[p], node_id[c])
+        for p, c in zip(raw.edge_parent.tolist(), raw.edge_child.tolist(), strict=True)
+        if kept[c]
     ]
-    descriptions = {rename.get(i, raw.ids[i]): raw.descriptions[i] for i in range(1, len(raw))}
+    descriptions = {node_id[i]: raw.descriptions[i] for i in range(1, len(raw)) if kept[i]}
     return Ontology.from_edges("icd10cm-ccsr", edges, descriptions, source="icd10cm-ccsr")
 
 
@@ -184,7 +236,7 @@ def _build_icd10cm() -> Ontology:
     try:
         import simple_icd_10_cm as cm
     except ImportError:  # pragma: no cover - it is a declared dependency
-        raise HapnetError("icd10cm needs the package simple-icd-10-cm (pip install simple-icd-10-cm)") from None
+        raise HapnetError("icd10cm needs simple-icd-10-cm: pip install simple-icd-10-cm") from None
     edges: list[tuple[str, str]] = []
     descriptions: dict[str, str] = {}
     chapter = ""
@@ -207,13 +259,33 @@ def _build_icd10cm() -> Ontology:
             edges.append((parent_id, code))
             descriptions[code] = cm.get_description(item)
     with_children = {p for p, _ in edges}
-    edges = [(p, c) for p, c in edges if not (c.startswith("BLOCK:") and c not in with_children)]
-    descriptions = {n: d for n, d in descriptions.items() if not (n.startswith("BLOCK:") and n not in with_children)}
+    empty = {n for n in descriptions if n.startswith("BLOCK:") and n not in with_children}
+    edges = [(p, c) for p, c in edges if c not in empty]
+    descriptions = {n: d for n, d in descriptions.items() if n not in empty}
     return Ontology.from_edges("icd10cm", edges, descriptions, source="icd10cm")
 
 
-def _file_key(filename: str) -> Callable[[], str]:
-    return lambda: _sha256(read_bytes(_bundled(filename)))
+def _build_icd9_icd10() -> Ontology:
+    """ICD-9 CCS and ICD-10-CM under one root, for data that mixes both (MIMIC-IV).
+
+    root -> `ICD9` (ICD-9-CM) -> the icd9-ccs tree, root -> `ICD10` (ICD-10-CM) -> the icd10cm tree;
+    every other id carries its system: `ICD9:4019`, `ICD9:CCS:7.1`, `ICD10:I10`, `ICD10:CHAPTER:9`.
+    """
+    edges: list[tuple[str, str]] = []
+    descriptions: dict[str, str] = {}
+    for system, label, part in (("ICD9", "ICD-9-CM", "icd9-ccs"), ("ICD10", "ICD-10-CM", "icd10cm")):
+        tree = load_ontology(part)
+        node_id = [system] + [f"{system}:{node}" for node in tree.ids[1:]]
+        descriptions[system] = label
+        descriptions.update(zip(node_id[1:], tree.descriptions[1:], strict=True))
+        edges.append(("", system))
+        edges.extend((node_id[p], node_id[c]) for p, c in zip(tree.edge_parent, tree.edge_child, strict=True))
+    return Ontology.from_edges("icd9-icd10", edges, descriptions, source="icd9-icd10")
+
+
+def _file_key(*filenames: str) -> Callable[[], str]:
+    """Cache key of a built-in made from bundled files: a hash of their contents."""
+    return lambda: _sha256(b"".join(_sha256(read_bytes(_bundled(f))).encode() for f in filenames))
 
 
 def _icd10cm_key() -> str:
@@ -229,7 +301,7 @@ BUILTINS: dict[str, BuiltinOntology] = {
             "icd9-ccs",
             "AHRQ CCS multi-level for ICD-9-CM diagnoses, 2015 (the HAP and GRAM papers' ontology)",
             _build_icd9_ccs,
-            _file_key("ccs_multi_dx_tool_2015.csv.gz"),
+            _file_key("ccs_multi_dx_tool_2015.csv.gz", "icd9cm_2015.csv.gz"),
         ),
         BuiltinOntology(
             "icd9cm",
@@ -248,6 +320,14 @@ BUILTINS: dict[str, BuiltinOntology] = {
             "ICD-10-CM codes under AHRQ CCSR v2023.1 categories under body systems (a DAG)",
             _build_icd10cm_ccsr,
             _file_key("icd10cm_ccsr_v2023_1.csv.gz"),
+        ),
+        BuiltinOntology(
+            "icd9-icd10",
+            "ICD9 (icd9-ccs) and ICD10 (icd10cm) under one root, ids ICD9:4019 / ICD10:I10 (MIMIC-IV)",
+            _build_icd9_icd10,
+            lambda: _sha256(
+                (_file_key("ccs_multi_dx_tool_2015.csv.gz", "icd9cm_2015.csv.gz")() + _icd10cm_key()).encode()
+            ),
         ),
     ]
 }
@@ -321,7 +401,7 @@ def _cached(key: str, build: Callable[[], Ontology]) -> Ontology:
 
 # ----------------------------------------------------------------------------- entry point
 def load_ontology(source: str | Path = DEFAULT_ONTOLOGY, *, levels: int | None = None) -> Ontology:
-    """A built-in ontology by name (`icd9-ccs`, `icd9cm`, `icd10cm`, `icd10cm-ccsr`) or a file.
+    """A built-in ontology by name (`icd9-ccs`, `icd9cm`, `icd10cm`, `icd10cm-ccsr`, `icd9-icd10`) or a file.
 
     Files may be the CCS multi-level CSV or a `code,parent[,description]` CSV, `.csv` or
     `.csv.gz`. `levels=K` keeps only the lowest K levels (see `Ontology.truncate`).
@@ -338,11 +418,13 @@ def load_ontology(source: str | Path = DEFAULT_ONTOLOGY, *, levels: int | None =
             names = ", ".join(BUILTINS)
             raise InputError(path, f"no such file, and not a built-in ontology ({names})")
         raw = read_bytes(path)
+        text = decode_text(raw, path)  # every time, cached or not: checks the data, warns on latin-1
         name = path.name.split(".")[0]
 
         def build() -> Ontology:
-            return parse_ontology_text(decode_text(raw, path), str(path), name)
+            return parse_ontology_text(text, str(path), name)
 
-        ontology = _cached(f"file-{_sha256(raw)}", build)
+        # The name is part of the key: it is stored in the ontology (root description).
+        ontology = _cached(f"file-{_sha256(name.encode() + b'/' + raw)}", build)
         ontology.source = str(path)
     return ontology.truncate(levels)

@@ -34,9 +34,22 @@ def read_bytes(path: str | Path) -> bytes:
     return raw
 
 
+# Control bytes that never occur in a text file (tab, LF, CR, FF and ESC excepted).
+_BINARY_BYTES = bytes(b for b in range(32) if b not in (9, 10, 12, 13, 27)) + b"\x7f"
+
+
+def looks_binary(raw: bytes) -> bool:
+    """A NUL byte, or more than 1% control bytes (a stray one or two allowed), in the first 64 KiB."""
+    head = raw[:65536]
+    if b"\x00" in head:
+        return True
+    controls = len(head) - len(head.translate(None, _BINARY_BYTES))
+    return controls > 2 + len(head) // 100
+
+
 def decode_text(raw: bytes, source: str | Path) -> str:
     """UTF-8 (BOM stripped), else latin-1 with a warning; binary data is an error."""
-    if b"\x00" in raw[:65536]:
+    if looks_binary(raw):
         raise InputError(source, "binary data, expected a text (CSV) file")
     try:
         text = raw.decode("utf-8-sig")
