@@ -20,7 +20,7 @@ import hapnet
 from hapnet.config import make_config
 from hapnet.flops import BACKWARD_FACTOR, matmul_gflops, predictor_flops, propagation_flops
 from hapnet.predictor import BatchBuilder
-from hapnet.train import Vocabulary, default_data_path, split_patients
+from hapnet.trainer import Vocabulary, default_data_path, split_patients
 
 
 def main() -> None:

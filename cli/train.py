@@ -150,7 +150,7 @@ def train(
     """Train a next-visit diagnosis model (HAP, GRAM, RNN, Rollup) and evaluate it as the paper does."""
     from hapnet.config import make_config
     from hapnet.seeds import parse_seeds, train_seeds
-    from hapnet.train import train as train_model
+    from hapnet.trainer import train as train_model
 
     config = make_config(
         preset=preset,
@@ -206,7 +206,7 @@ def evaluate(
     """Evaluate a saved run: its test split, or all patients of other data."""
     import json
 
-    from hapnet.evaluate import evaluate as evaluate_run
+    from hapnet.evaluation import evaluate as evaluate_run
 
     result = evaluate_run(run_dir, data=data, k=k, device=device)
     if as_json:

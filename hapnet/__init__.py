@@ -19,6 +19,19 @@ __version__ = "0.1.0"
 # name -> module that defines it; imported on first access (PEP 562).
 _LAZY = {
     "Hierarchy": "hapnet.hierarchy",
+    "train": "hapnet.trainer",
+    "TrainConfig": "hapnet.config",
+    "make_config": "hapnet.config",
+    "train_seeds": "hapnet.seeds",
+    "load": "hapnet.runs",
+    "evaluate": "hapnet.evaluation",
+    "load_visits": "hapnet.visits",
+    "VisitData": "hapnet.visits",
+    "MODELS": "hapnet.models",
+    "write_synth": "hapnet.synth",
+    "predict_next_visit": "hapnet.predict",
+    "explain_code": "hapnet.explain",
+    "plot_runs": "hapnet.plots",
 }
 
 

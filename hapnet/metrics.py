@@ -40,7 +40,7 @@ class AccuracyAtK:
     def __post_init__(self) -> None:
         self.hits = np.zeros(NUM_GROUPS, dtype=np.int64)
         self.totals = np.zeros(NUM_GROUPS, dtype=np.int64)
-        self._groups_t = torch.as_tensor(self.groups)
+        self._groups_t = torch.as_tensor(np.array(self.groups, dtype=np.int64))
 
     def update(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
         """scores [S, C] for S predicted visits; targets [S, C] multi-hot (0/1)."""

@@ -128,10 +128,19 @@ class Run:
         return self.vocab["code"].tolist()
 
     def vocabulary(self):  # noqa: ANN201
-        from hapnet.train import Vocabulary
+        from hapnet.trainer import Vocabulary
 
         nodes = np.array([self.ontology.index(c) for c in self.codes], dtype=np.int64)
         return Vocabulary.from_nodes(nodes, len(self.ontology))
+
+    def predict(self, history: list[list[str]], top: int = 20):  # noqa: ANN201
+        """The codes expected at the visit after `history` (visits oldest first, raw codes).
+
+        Returns a `hapnet.predict.PredictionResult`: `.top` (table), `.probabilities` (all codes).
+        """
+        from hapnet.predict import predict_next_visit
+
+        return predict_next_visit(self, history, top)
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -142,7 +151,7 @@ def is_run_dir(path: str | Path) -> bool:
 def load(run_dir: str | Path, device: str = "cpu") -> Run:
     """Read a run folder written by `hapnet train`; the checkpoint loads with weights_only=True."""
     from hapnet.ontology_io import load_ontology
-    from hapnet.train import build_model
+    from hapnet.trainer import build_model
 
     path = Path(run_dir)
     if not is_run_dir(path):

@@ -92,7 +92,7 @@ def train_seeds(
     Finished seeds (a complete run folder) are reused, so an interrupted sweep resumes.
     """
     from hapnet.runs import METRICS, is_run_dir, write_json
-    from hapnet.train import train
+    from hapnet.trainer import train
 
     out = Path(out)
     if out.exists() and not force and not (out / "seeds.json").exists():

@@ -50,7 +50,7 @@ def evaluate(
     """
     from hapnet.predictor import BatchBuilder
     from hapnet.runs import load
-    from hapnet.train import evaluate_patients, load_training_data, resolve_device, split_patients
+    from hapnet.trainer import evaluate_patients, load_training_data, resolve_device, split_patients
     from hapnet.visits import load_visits
 
     torch_device = resolve_device(device)
