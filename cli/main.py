@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import typer
-from hapnet.cli import models, ontology, train
+
+from hapnet.cli import inspect, models, ontology, synth, train
 
 app = typer.Typer(
     help="hapnet: HAP embeddings of medical ontologies and next-visit diagnosis prediction.",
@@ -14,6 +15,10 @@ app.add_typer(ontology.app, name="ontology")
 app.command()(train.train)
 app.command()(train.evaluate)
 app.command("models")(models.list_models)
+app.command()(synth.synth)
+app.command()(inspect.predict)
+app.command()(inspect.explain)
+app.command()(inspect.plot)
 
 
 def main() -> None:
