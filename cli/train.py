@@ -7,25 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from hapnet.cli.common import console, user_errors
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hapnet.errors import HapnetError
-
-
-def parse_columns(text: str | None) -> dict[str, str] | None:
-    """`patient=subject,visit=hadm,code=dx` -> {"patient": "subject", ...}."""
-    if not text:
-        return None
-    mapping = {}
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        key = key.strip().lower()
-        if not sep or key not in ("patient", "visit", "time", "code") or not value.strip():
-            raise HapnetError(f"--columns {text!r}: expected patient=…,visit=…,time=…,code=… (any subset)")
-        mapping[key] = value.strip()
-    return mapping
+from hapnet.cli.common import console, user_errors
 
 
 def data_report_table(rows: list) -> Table:
@@ -151,6 +136,7 @@ def train(
     from hapnet.config import make_config
     from hapnet.seeds import parse_seeds, train_seeds
     from hapnet.trainer import train as train_model
+    from hapnet.visits import parse_columns
 
     config = make_config(
         preset=preset,

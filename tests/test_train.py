@@ -39,7 +39,14 @@ def hap_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_run_folder_has_everything(hap_run: Path):
-    for name in ("config.json", "metrics.json", "history.csv", "vocab.csv", "checkpoint.pt", "code_embeddings.npy"):
+    for name in (
+        "config.json",
+        "metrics.json",
+        "history.csv",
+        "vocab.csv",
+        "checkpoint.pt",
+        "code_embeddings.npy",
+    ):
         assert (hap_run / name).is_file(), name
     metrics = json.loads((hap_run / "metrics.json").read_text())
     assert {"k", "seed", "model", "best_epoch", "train_seconds_per_epoch", "test", "valid"} <= set(metrics)
@@ -83,20 +90,31 @@ def test_existing_run_folder_is_not_overwritten(hap_run: Path, synth_dir: Path):
 @pytest.mark.parametrize("pretrain", ["none", "glove"])
 def test_every_model_trains_through_the_library(model: str, pretrain: str, synth_dir: Path):
     result = hapnet.train(
-        model=model, pretrain=pretrain, data=str(synth_dir), epochs=1, dim=8, hidden=8, attention_dim=4,
-        glove_epochs=2, device="cpu",
+        model=model,
+        pretrain=pretrain,
+        data=str(synth_dir),
+        epochs=1,
+        dim=8,
+        hidden=8,
+        attention_dim=4,
+        glove_epochs=2,
+        device="cpu",
     )
     assert result.metrics["model"] == model and 0 <= result.metrics["test"]["accuracy"] <= 1
 
 
 @pytest.mark.parametrize("levels", [1, 2, 3])
 def test_truncated_levels_train(levels: int, synth_dir: Path):
-    result = hapnet.train(model="gram", levels=levels, data=str(synth_dir), epochs=1, dim=8, hidden=8, attention_dim=4)
+    result = hapnet.train(
+        model="gram", levels=levels, data=str(synth_dir), epochs=1, dim=8, hidden=8, attention_dim=4
+    )
     assert result.metrics["levels"] == levels
 
 
 def test_same_seed_same_metrics(synth_dir: Path):
-    settings = dict(model="hap", data=str(synth_dir), epochs=2, dim=8, hidden=8, attention_dim=4, device="cpu")
+    settings = dict(
+        model="hap", data=str(synth_dir), epochs=2, dim=8, hidden=8, attention_dim=4, device="cpu"
+    )
     first, second = hapnet.train(**settings), hapnet.train(**settings)
     assert first.metrics["test"] == second.metrics["test"]
     assert [r["train_loss"] for r in first.history] == [r["train_loss"] for r in second.history]
@@ -141,7 +159,14 @@ def test_long_csv_with_column_override(tmp_path: Path, synth_dir: Path):
     frame.to_csv(path, index=False)
     out = tmp_path / "run"
     result = run_cli(
-        "train", "--data", path, "--columns", "patient=person,visit=enc,time=when,code=dx", *TINY, "--out", out
+        "train",
+        "--data",
+        path,
+        "--columns",
+        "patient=person,visit=enc,time=when,code=dx",
+        *TINY,
+        "--out",
+        out,
     )
     assert result.exit_code == 0, result.output
     assert (out / "metrics.json").exists()
