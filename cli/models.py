@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from hapnet.cli.common import console, user_errors
 from rich.table import Table
+
+from hapnet.cli.common import console, user_errors
 
 
 @user_errors

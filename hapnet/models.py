@@ -1,0 +1,610 @@
+"""Code embedders (HAP, GRAM, RNN = plain, Rollup) and the model registry `MODELS`.
+
+An embedder is an `nn.Module` built from `(hierarchy, vocab, config)`: `forward()` returns the
+final embeddings g [len(vocab), dim] of the observable codes `vocab` (ontology node indices).
+Every embedder also has `init_base(vectors)` (GloVe initialisation of the base embeddings e of all
+nodes), `all_node_embeddings()` (g for every node, for `hapnet embed`) and `explain(nodes)` (g as
+a weighted sum of base embeddings, for `hapnet explain`). The algorithms: docs/algorithms.md.
+
+The CLI and the library both read `MODELS`; `register_model` adds a model to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hapnet.errors import HapnetError
+from hapnet.hierarchy import Hierarchy, Step
+from hapnet.propagation import (
+    AttentionScorer,
+    Candidates,
+    EdgeIndex,
+    attend,
+    attention_weights,
+    gather_rows,
+    weighted_sum,
+)
+
+
+@dataclass
+class EmbedderConfig:
+    dim: int = 400  # d: embedding size (the paper's 400)
+    attention_dim: int = 100  # a: attention size (the paper's 100)
+    init_std: float = 0.1  # base embeddings start as N(0, init_std^2) unless GloVe-initialised
+
+
+class CodeEmbedder(nn.Module):
+    """What every embedder shares: base embeddings e of all nodes and the vocab as a buffer."""
+
+    def __init__(self, hierarchy: Hierarchy, vocab: np.ndarray, config: EmbedderConfig):
+        super().__init__()
+        self.hierarchy = hierarchy
+        self.config = config
+        self.num_nodes = hierarchy.num_nodes
+        vocab = np.asarray(vocab, dtype=np.int64)
+        if vocab.ndim != 1 or len(vocab) == 0:
+            raise HapnetError("the vocabulary of observable codes is empty")
+        if vocab.min() < 0 or vocab.max() >= self.num_nodes:
+            raise HapnetError(f"vocabulary node index out of range 0..{self.num_nodes - 1}")
+        self.vocab_nodes = vocab
+        self.register_buffer("vocab", torch.from_numpy(vocab), persistent=False)
+        self.base = nn.Embedding(self.num_nodes, config.dim)
+        nn.init.normal_(self.base.weight, std=config.init_std)
+
+    @torch.no_grad()
+    def init_base(self, vectors: Tensor) -> None:
+        """Set the base embeddings of all nodes (GloVe initialisation), [num_nodes, dim]."""
+        if tuple(vectors.shape) != tuple(self.base.weight.shape):
+            raise HapnetError(
+                f"initial vectors have shape {tuple(vectors.shape)}, expected {tuple(self.base.weight.shape)}"
+            )
+        self.base.weight.copy_(vectors)
+
+    def all_node_embeddings(self) -> Tensor:
+        """Final embeddings g of every node, [num_nodes, dim]."""
+        raise NotImplementedError
+
+    def explain(self, nodes: Sequence[int] | np.ndarray) -> Tensor:
+        """W [len(nodes), num_nodes] with g_c = sum_j W[c, j] e_j (attention weights as computed)."""
+        raise NotImplementedError
+
+    def _nodes(self, nodes: Sequence[int] | np.ndarray) -> np.ndarray:
+        nodes = np.asarray(nodes, dtype=np.int64).reshape(-1)
+        if len(nodes) and (nodes.min() < 0 or nodes.max() >= self.num_nodes):
+            raise HapnetError(f"node index out of range 0..{self.num_nodes - 1}")
+        return nodes
+
+
+def _index_buffer(module: nn.Module, name: str, array: np.ndarray | None) -> None:
+    """Register an int64 index array as a non-persistent buffer (None stays None)."""
+    tensor = None if array is None else torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+    module.register_buffer(name, tensor, persistent=False)
+
+
+# ============================================================================= plain and rollup
+class PlainEmbedder(CodeEmbedder):
+    """RNN (and RNN+ with GloVe): g_c = e_c, no ontology."""
+
+    def forward(self) -> Tensor:
+        return self.base.weight.index_select(0, self.vocab)
+
+    def all_node_embeddings(self) -> Tensor:
+        return self.base.weight
+
+    def explain(self, nodes: Sequence[int] | np.ndarray) -> Tensor:
+        nodes = self._nodes(nodes)
+        weight = self.base.weight.new_zeros((len(nodes), self.num_nodes))
+        weight[np.arange(len(nodes)), nodes] = 1
+        return weight
+
+
+def _parent_weights(hierarchy: Hierarchy, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rollup's (position, source node, weight) triples: the mean of each node's immediate parents
+    in range, or the node itself when it has none (root, nodes below the cut, K = 1)."""
+    offsets, parents = hierarchy.ontology._parents_csr
+    counts = offsets[nodes + 1] - offsets[nodes]
+    own = counts == 0
+    positions = np.repeat(np.arange(len(nodes)), np.where(own, 1, counts))
+    starts = np.repeat(offsets[nodes], counts)
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    sources = np.empty(len(positions), dtype=np.int64)
+    has_parent = ~own[positions]
+    sources[has_parent] = parents[starts + within]
+    sources[~has_parent] = nodes[own]
+    weights = 1.0 / np.where(own, 1, counts)[positions]
+    return positions, sources, weights
+
+
+class RollupEmbedder(CodeEmbedder):
+    """Rollup: g_c = e of c's immediate parent; the prediction targets stay the exact codes.
+
+    A code with several parents (a DAG such as CCSR) gets the mean of its parents' embeddings,
+    so every parent counts and the result does not depend on edge order. A code with no parent in
+    range (truncated away, K = 1) keeps its own embedding.
+    """
+
+    def __init__(self, hierarchy: Hierarchy, vocab: np.ndarray, config: EmbedderConfig):
+        super().__init__(hierarchy, vocab, config)
+        positions, sources, weights = _parent_weights(hierarchy, self.vocab_nodes)
+        _index_buffer(self, "positions", positions)
+        _index_buffer(self, "sources", sources)
+        self.register_buffer("weights", torch.from_numpy(weights), persistent=False)
+        self._single = len(positions) == len(self.vocab_nodes)  # one source per code: no sum
+
+    def _rollup(
+        self, positions: Tensor, sources: Tensor, weights: Tensor, count: int, single: bool
+    ) -> Tensor:
+        e = self.base.weight
+        rows = e.index_select(0, sources)
+        if single:
+            return rows
+        return rows.new_zeros((count, e.shape[1])).index_add(0, positions, rows * weights.to(e).unsqueeze(1))
+
+    def forward(self) -> Tensor:
+        return self._rollup(self.positions, self.sources, self.weights, len(self.vocab_nodes), self._single)
+
+    def all_node_embeddings(self) -> Tensor:
+        positions, sources, weights = _parent_weights(self.hierarchy, np.arange(self.num_nodes))
+        device = self.base.weight.device
+        return self._rollup(
+            torch.from_numpy(positions).to(device),
+            torch.from_numpy(sources).to(device),
+            torch.from_numpy(weights).to(device),
+            self.num_nodes,
+            False,
+        )
+
+    def explain(self, nodes: Sequence[int] | np.ndarray) -> Tensor:
+        nodes = self._nodes(nodes)
+        positions, sources, weights = _parent_weights(self.hierarchy, nodes)
+        out = self.base.weight.new_zeros((len(nodes), self.num_nodes))
+        out.index_put_(
+            (torch.from_numpy(positions).to(out.device), torch.from_numpy(sources).to(out.device)),
+            torch.from_numpy(weights).to(out),
+            accumulate=True,
+        )
+        return out
+
+
+# ============================================================================= GRAM
+class _AncestorIndex(nn.Module):
+    """GRAM's attention round on compact rows: `nodes` are the distinct nodes in use, once each."""
+
+    def __init__(self, step: Step, num_nodes: int):
+        super().__init__()
+        nodes, local = np.unique(step.edge_source, return_inverse=True)
+        self.step = step  # node indices, for explanations
+        self.every_node = len(nodes) == num_nodes  # then nodes == arange: no gather needed
+        _index_buffer(self, "nodes", nodes)
+        _index_buffer(self, "query_rows", np.searchsorted(nodes, step.targets))
+        self.edges = EdgeIndex(step.edge_target, local.reshape(-1), len(step.targets))
+
+
+class GRAMEmbedder(CodeEmbedder):
+    """GRAM: g_c = sum over j in {c} ∪ Anc(c) of alpha_cj e_j, alpha_c. = softmax_j f(e_c, e_j).
+
+    Anc(c) comes from `hierarchy.ancestor_step`, so truncation (--levels) is already applied.
+    """
+
+    def __init__(self, hierarchy: Hierarchy, vocab: np.ndarray, config: EmbedderConfig):
+        super().__init__(hierarchy, vocab, config)
+        self.attention = AttentionScorer(config.dim, config.attention_dim)
+        self.index = _AncestorIndex(hierarchy.ancestor_step(self.vocab_nodes), self.num_nodes)
+        self._all_nodes: _AncestorIndex | None = None
+
+    def _run(self, index: _AncestorIndex) -> tuple[Tensor, Tensor]:
+        weight = self.base.weight
+        rows = weight if index.every_node else weight.index_select(0, index.nodes)  # e of nodes in use
+        return attend(index.edges, rows.index_select(0, index.query_rows), rows, self.attention)
+
+    def forward(self) -> Tensor:
+        return self._run(self.index)[0]
+
+    def all_node_embeddings(self) -> Tensor:
+        if self._all_nodes is None:
+            self._all_nodes = _AncestorIndex(
+                self.hierarchy.ancestor_step(np.arange(self.num_nodes)), self.num_nodes
+            )
+        return self._run(self._all_nodes.to(self.base.weight.device))[0]
+
+    @torch.no_grad()
+    def explain(self, nodes: Sequence[int] | np.ndarray) -> Tensor:
+        nodes = self._nodes(nodes)
+        index = _AncestorIndex(self.hierarchy.ancestor_step(nodes), self.num_nodes).to(
+            self.base.weight.device
+        )
+        _, alpha = self._run(index)
+        out = alpha.new_zeros((len(nodes), self.num_nodes))
+        where = [
+            torch.from_numpy(a).to(alpha.device) for a in (index.step.edge_target, index.step.edge_source)
+        ]
+        out.index_put_(tuple(where), alpha, accumulate=True)
+        return out
+
+
+# ============================================================================= HAP
+UP, DOWN = "up", "down"  # HAP's two scorers: f_up (bottom-up), f_down (top-down)
+QUERY, KEY = "query", "key"
+
+
+@dataclass
+class _Table:
+    """Rows of embeddings the plan keeps in one tensor: a piece of base embeddings, or one step's
+    output. `needs`: scorer -> True if the rows are queries (W_q q + b and W_k k), False if only
+    candidates (W_k k)."""
+
+    nodes: np.ndarray  # node index of each row
+    from_base: bool
+    needs: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass
+class _Group:
+    """Candidates of one step whose embeddings live in one table."""
+
+    table: int
+    source: np.ndarray | None  # row of the table per candidate (None: all rows, in order)
+    target: np.ndarray | None  # target position per candidate, sorted (None: row i -> target i)
+
+
+@dataclass
+class _PlanStep:
+    scorer: str  # UP or DOWN
+    level: int
+    targets: np.ndarray  # node indices, in output-row order
+    groups: list[_Group]  # groups[0]: the self candidates, whose embeddings are also the queries
+    out: int  # table holding the new embeddings
+
+
+class _HAPPlan(nn.Module):
+    """HAP's two passes compiled for a set of output nodes: what to compute and where it lives.
+
+    Each node's embedding changes at most twice (its bottom-up step, its top-down step), so every
+    step writes its targets' new embeddings to a table of its own instead of updating a
+    [num_nodes, dim] tensor: no step copies the whole embedding table. The base embeddings are
+    read once (one gather) and split into pieces (each node in one piece), laid out so that the
+    self candidates of a step are whole pieces in order. W_q and W_k are applied once per table
+    (one matrix product for all the projections a table needs). Steps the outputs do not depend on are left
+    out (top-down only runs over the outputs and their ancestors). A top-down level is split by
+    the table its targets' own embeddings live in: its targets only read their parents, which
+    are final already, so this changes nothing.
+    """
+
+    def __init__(self, hierarchy: Hierarchy, outputs: np.ndarray):
+        super().__init__()
+        self.tables: list[_Table] = []
+        self.steps: list[_PlanStep] = []
+        outputs = np.asarray(outputs, dtype=np.int64)
+        n = hierarchy.num_nodes
+        bu_active, td_active = _needed(hierarchy, outputs)
+
+        # Where each node's current embedding lives: (table, row); table -1: not read yet.
+        self._table_of = np.full(n, -1, dtype=np.int64)
+        self._row_of = np.zeros(n, dtype=np.int64)
+        # Base pieces for the self candidates: bottom-up targets in step order, and top-down
+        # targets still at their base embedding (leaves) in output order.
+        updated = np.zeros(n, dtype=bool)
+        for step, active in zip(hierarchy.bottom_up, bu_active, strict=True):
+            if active.any():
+                self._place(self._new_table(step.targets[active], True))
+                updated[step.targets[active]] = True
+        first_output = np.full(n, len(outputs), dtype=np.int64)
+        first_output[outputs[::-1]] = np.arange(len(outputs) - 1, -1, -1)
+        for step, active in zip(hierarchy.top_down, td_active, strict=True):
+            leaves = step.targets[active & ~updated[step.targets]]
+            if len(leaves):
+                self._place(self._new_table(leaves[np.argsort(first_output[leaves], kind="stable")], True))
+
+        for step, active in zip(hierarchy.bottom_up, bu_active, strict=True):
+            self._add_step(UP, step, active)
+        for step, active in zip(hierarchy.top_down, td_active, strict=True):
+            self._add_step(DOWN, step, active)
+        final = self._read(outputs)
+        self.final = [(table, source) for table, source, _ in final]
+        positions = np.concatenate([pos for _, _, pos in final])
+        order = None if np.array_equal(positions, np.arange(len(outputs))) else np.argsort(positions)
+        del self._table_of, self._row_of
+
+        # Base rows: one gather, split into the pieces.
+        self.base_tables = [t for t, table in enumerate(self.tables) if table.from_base]
+        rows = [self.tables[t].nodes for t in self.base_tables]
+        base_rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        inverse = None
+        if len(base_rows) == n and len(np.unique(base_rows)) == n:  # every node once
+            inverse = np.empty_like(base_rows)
+            inverse[base_rows] = np.arange(n)
+        _index_buffer(self, "base_rows", base_rows)
+        _index_buffer(self, "base_inverse", inverse)
+        _index_buffer(self, "final_order", order)
+        self.edges = nn.ModuleList(
+            nn.ModuleList(
+                EdgeIndex(g.target, g.source, len(step.targets), len(self.tables[g.table].nodes))
+                for g in step.groups
+            )
+            for step in self.steps
+        )
+        for i, (_, source) in enumerate(self.final):
+            _index_buffer(self, f"final{i}_source", source)
+
+    def size(self, table: int) -> int:
+        return len(self.tables[table].nodes)
+
+    def final_source(self, i: int) -> Tensor | None:
+        return self._buffers[f"final{i}_source"]
+
+    # ------------------------------------------------------------------ compiling
+    def _new_table(self, nodes: np.ndarray, from_base: bool) -> int:
+        self.tables.append(_Table(nodes, from_base))
+        return len(self.tables) - 1
+
+    def _place(self, table: int) -> None:
+        nodes = self.tables[table].nodes
+        self._table_of[nodes] = table
+        self._row_of[nodes] = np.arange(len(nodes))
+
+    def _read(self, nodes: np.ndarray) -> list[tuple[int, np.ndarray | None, np.ndarray]]:
+        """Where the current embeddings of `nodes` live: (table, rows or None for the whole
+        table in order, positions in `nodes`). Nodes read for the first time get a base piece."""
+        fresh = np.unique(nodes[self._table_of[nodes] < 0])
+        if len(fresh):
+            self._place(self._new_table(fresh, True))
+        tables = self._table_of[nodes]
+        result = []
+        for table in np.unique(tables):
+            positions = np.flatnonzero(tables == table)
+            rows = self._row_of[nodes[positions]]
+            whole = len(rows) == self.size(table) and np.array_equal(rows, np.arange(len(rows)))
+            result.append((int(table), None if whole else rows, positions))
+        return result
+
+    def _add_step(self, scorer: str, step: Step, active: np.ndarray) -> None:
+        if not active.any():
+            return
+        num = len(step.targets)
+        edge_target, edge_source = step.edge_target[num:], step.edge_source[num:]
+        first = len(self.steps)
+        # Targets are split by the table their own embedding lives in (aligned self candidates).
+        for table, rows, positions in self._read(step.targets[active]):
+            targets = step.targets[active][positions]
+            if rows is not None:
+                order = np.argsort(rows, kind="stable")  # read the self table in order
+                targets, rows = targets[order], rows[order]
+                if len(rows) == self.size(table) and np.array_equal(rows, np.arange(len(rows))):
+                    rows = None
+            self.tables[table].needs[scorer] = True
+            groups = [_Group(table, rows, None)]
+            position_of = np.full(num, -1, dtype=np.int64)
+            position_of[np.searchsorted(step.targets, targets)] = np.arange(len(targets))
+            keep = position_of[edge_target] >= 0
+            sources, positions_of_edges = edge_source[keep], position_of[edge_target[keep]]
+            for source_table, source_rows, where in self._read(sources):
+                self.tables[source_table].needs.setdefault(scorer, False)
+                if source_rows is None:
+                    source_rows = np.arange(len(where))
+                order = np.argsort(positions_of_edges[where], kind="stable")  # by target
+                groups.append(_Group(source_table, source_rows[order], positions_of_edges[where][order]))
+            out = self._new_table(targets, False)
+            self.steps.append(_PlanStep(scorer, step.level, targets, groups, out))
+        # Locations change after the whole level: targets of one level never read each other.
+        for plan_step in self.steps[first:]:
+            self._place(plan_step.out)
+
+
+def _needed(hierarchy: Hierarchy, outputs: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Which targets of each bottom-up and top-down step the outputs depend on."""
+    n = hierarchy.num_nodes
+    in_td = np.zeros(n, dtype=bool)
+    for step in hierarchy.top_down:
+        in_td[step.targets] = True
+    need_td = np.zeros(n, dtype=bool)  # the node's top-down result
+    need_bu = np.zeros(n, dtype=bool)  # its embedding after bottom-up (base if never updated)
+    need_td[outputs[in_td[outputs]]] = True
+    need_bu[outputs[~in_td[outputs]]] = True
+    td_active = [np.zeros(0, dtype=bool)] * len(hierarchy.top_down)
+    for s in range(len(hierarchy.top_down) - 1, -1, -1):  # deepest level first
+        step = hierarchy.top_down[s]
+        num = len(step.targets)
+        active = need_td[step.targets]
+        td_active[s] = active
+        need_bu[step.targets[active]] = True  # the query and self candidate
+        parents = step.edge_source[num:][active[step.edge_target[num:]]]
+        need_td[parents[in_td[parents]]] = True
+        need_bu[parents[~in_td[parents]]] = True
+    bu_active = [np.zeros(0, dtype=bool)] * len(hierarchy.bottom_up)
+    for s in range(len(hierarchy.bottom_up) - 1, -1, -1):  # highest level first
+        step = hierarchy.bottom_up[s]
+        num = len(step.targets)
+        active = need_bu[step.targets]
+        bu_active[s] = active
+        need_bu[step.edge_source[num:][active[step.edge_target[num:]]]] = True  # children
+    return bu_active, td_active
+
+
+def _project(rows: Tensor, needs: dict[str, bool], scorers: dict[str, AttentionScorer]) -> dict:
+    """{(scorer, QUERY): W_q rows + b, (scorer, KEY): W_k rows} in one matrix product."""
+    weights, biases, names = [], [], []
+    for name, with_query in sorted(needs.items()):
+        scorer = scorers[name]
+        if with_query:
+            weights.append(scorer.query.weight)
+            biases.append(scorer.query.bias)
+            names.append((name, QUERY))
+        weights.append(scorer.key.weight)
+        biases.append(scorer.query.bias.new_zeros(scorer.key.out_features))
+        names.append((name, KEY))
+    size = weights[0].shape[0]
+    projected = F.linear(rows, torch.cat(weights), torch.cat(biases))
+    return dict(zip(names, projected.split(size, dim=1), strict=True))
+
+
+class HAPEmbedder(CodeEmbedder):
+    """HAP: bottom-up then top-down attention propagation over the leveled DAG (algorithms.md).
+
+    Bottom-up, parent levels L-1 .. cut: p attends over itself and its children with the query e_p
+    (its base embedding). Top-down, child levels cut+1 .. L: c attends over itself and its parents
+    (already updated in this pass) with the query h_c after bottom-up. f_up, f_down: separate
+    parameters. Vectorised per level; the Python loops run over levels and tables only.
+    """
+
+    def __init__(self, hierarchy: Hierarchy, vocab: np.ndarray, config: EmbedderConfig):
+        super().__init__(hierarchy, vocab, config)
+        self.up = AttentionScorer(config.dim, config.attention_dim)
+        self.down = AttentionScorer(config.dim, config.attention_dim)
+        self.plan = _HAPPlan(hierarchy, self.vocab_nodes)
+        self._all_nodes: _HAPPlan | None = None
+
+    def forward(self) -> Tensor:
+        return self._propagate(self.plan, self.base.weight)[0]
+
+    def all_node_embeddings(self) -> Tensor:
+        return self._propagate(self._plan_for_all(), self.base.weight)[0]
+
+    def _plan_for_all(self) -> _HAPPlan:
+        if self._all_nodes is None:
+            self._all_nodes = _HAPPlan(self.hierarchy, np.arange(self.num_nodes))
+        return self._all_nodes.to(self.base.weight.device)
+
+    def _propagate(
+        self, plan: _HAPPlan, base: Tensor, weights: list[list[Tensor]] | None = None
+    ) -> tuple[Tensor, list[list[Tensor]]]:
+        """Run the plan on base embeddings [num_nodes, width]: (outputs, attention weights).
+
+        With `weights` given (from an earlier run) no score is computed: the embeddings are
+        propagated with those weights (what `explain` does, with one-hot rows as `base`).
+        """
+        scorers = {UP: self.up, DOWN: self.down}
+        score = weights is None
+        values: list[Tensor | None] = [None] * len(plan.tables)
+        projections: list[dict] = [{} for _ in plan.tables]
+
+        # Base pieces: one gather of every base row the plan reads, split into its pieces.
+        rows = gather_rows(base, plan.base_rows, plan.base_inverse)
+        pieces = rows.split([plan.size(t) for t in plan.base_tables])
+        for t, piece in zip(plan.base_tables, pieces, strict=True):
+            values[t] = piece
+            if score and plan.tables[t].needs:
+                projections[t] = _project(piece, plan.tables[t].needs, scorers)
+
+        all_weights = []
+        for step, step_edges in zip(plan.steps, plan.edges, strict=True):
+            groups = [
+                Candidates(values[g.table], projections[g.table].get((step.scorer, KEY)), edges)
+                for g, edges in zip(step.groups, step_edges, strict=True)
+            ]
+            if score:
+                query = step_edges[0].gather_sources(projections[step.groups[0].table][(step.scorer, QUERY)])
+                step_weights = attention_weights(query, groups, scorers[step.scorer])
+            else:
+                step_weights = weights[len(all_weights)]  # type: ignore[index]
+            all_weights.append(step_weights)
+            values[step.out] = out = weighted_sum(groups, step_weights)
+            if score and plan.tables[step.out].needs:
+                projections[step.out] = _project(out, plan.tables[step.out].needs, scorers)
+
+        parts = []
+        for i, (table, _) in enumerate(plan.final):
+            source = plan.final_source(i)
+            parts.append(values[table] if source is None else values[table].index_select(0, source))
+        result = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if plan.final_order is not None:
+            result = result.index_select(0, plan.final_order)
+        return result, all_weights
+
+    def explain(self, nodes: Sequence[int] | np.ndarray, chunk: int = 256) -> Tensor:
+        """W [len(nodes), num_nodes]: g_c = sum_j W[c, j] e_j, composing the attention weights of
+        both passes (held fixed). Computed as the transpose of the propagation (autograd through a
+        run with one-hot base rows), `chunk` nodes at a time."""
+        nodes = self._nodes(nodes)
+        weight = self.base.weight
+        rows = []
+        for start in range(0, len(nodes), chunk):
+            part = nodes[start : start + chunk]
+            plan = _HAPPlan(self.hierarchy, part).to(weight.device)
+            with torch.no_grad():
+                _, weights = self._propagate(plan, weight)
+            with torch.enable_grad():
+                probe = weight.new_zeros((self.num_nodes, len(part)), requires_grad=True)
+                g, _ = self._propagate(plan, probe, weights)  # [len(part), len(part)] = W probe
+                eye = torch.eye(len(part), dtype=weight.dtype, device=weight.device)
+                (grad,) = torch.autograd.grad(g, probe, eye)  # grad[j, r] = W[r, j]
+            rows.append(grad.t())
+        if not rows:
+            return weight.new_zeros((0, self.num_nodes))
+        return torch.cat(rows)
+
+    @torch.no_grad()
+    def attention(self) -> list[dict[str, np.ndarray | str | int]]:
+        """Attention weights of every step of the full model: pass, level, target, source, weight
+        (one entry per candidate edge, node indices), for `hapnet explain`."""
+        plan = self._plan_for_all()
+        _, weights = self._propagate(plan, self.base.weight)
+        result = []
+        for step, step_weights in zip(plan.steps, weights, strict=True):
+            targets, sources = [], []
+            for group in step.groups:
+                table_nodes = plan.tables[group.table].nodes
+                source_nodes = table_nodes if group.source is None else table_nodes[group.source]
+                target_pos = np.arange(len(step.targets)) if group.target is None else group.target
+                targets.append(step.targets[target_pos])
+                sources.append(source_nodes)
+            result.append(
+                {
+                    "pass": "bottom-up" if step.scorer == UP else "top-down",
+                    "level": step.level,
+                    "target": np.concatenate(targets),
+                    "source": np.concatenate(sources),
+                    "weight": torch.cat(step_weights).cpu().numpy(),
+                }
+            )
+        return result
+
+
+# ============================================================================= registry
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    embedder: type[CodeEmbedder]
+    description: str
+    uses_hierarchy: bool  # needs the ontology's edges
+    glove_scope: str  # GloVe over "ancestors" (codes and their ancestors) or "codes" only
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add a model to the registry (the CLI's --model accepts it from then on)."""
+    MODELS[spec.name] = spec
+    return spec
+
+
+def get_model(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise HapnetError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}") from None
+
+
+def build_embedder(
+    name: str, hierarchy: Hierarchy, vocab: np.ndarray, config: EmbedderConfig
+) -> CodeEmbedder:
+    return get_model(name).embedder(hierarchy, vocab, config)
+
+
+for _spec in [
+    ModelSpec(
+        "hap", HAPEmbedder, "Hierarchical Attention Propagation (bottom-up + top-down)", True, "ancestors"
+    ),
+    ModelSpec("gram", GRAMEmbedder, "GRAM: attention over each code and its ancestors", True, "ancestors"),
+    ModelSpec("rnn", PlainEmbedder, "no ontology: one embedding per code (RNN+ with GloVe)", False, "codes"),
+    ModelSpec(
+        "rollup", RollupEmbedder, "each code as its immediate parent (Rollup+ with GloVe)", True, "codes"
+    ),
+]:
+    register_model(_spec)
