@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hapnet.cli.common import console, user_errors
+from hapnet.errors import HapnetError
 
 
 def data_report_table(rows: list) -> Table:
@@ -43,6 +44,7 @@ class RichCallbacks:
     def __init__(self) -> None:
         self.progress: Progress | None = None
         self.task = None
+        self.header = True  # on the first epoch shown (a resumed run starts later than 1)
 
     def on_data(self, data: Any, split: Any, vocab: Any) -> None:
         console.print(data_report_table(data.report.as_rows()))
@@ -70,7 +72,8 @@ class RichCallbacks:
 
     def on_epoch_end(self, record: dict[str, Any], is_best: bool) -> None:
         self.progress.stop()
-        table = Table(box=None, show_header=record["epoch"] == 1)
+        table = Table(box=None, show_header=self.header)
+        self.header = False
         for column in ("epoch", "train loss", "valid loss", "valid acc", "test acc", "seconds", ""):
             table.add_column(column, justify="right", min_width=10)
         table.add_row(
@@ -131,6 +134,13 @@ def train(
         Path | None, typer.Option("--out", "-o", help="Run folder (default runs/MODEL-TIME).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing run folder.")] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue an interrupted run (its folder or .NAME.partial) from its last epoch, "
+            "with its saved settings (other options are ignored)."
+        ),
+    ] = None,
 ) -> None:
     """Train a next-visit diagnosis model (HAP, GRAM, RNN, Rollup) and evaluate it as the paper does."""
     from hapnet.config import make_config
@@ -138,6 +148,11 @@ def train(
     from hapnet.trainer import train as train_model
     from hapnet.visits import parse_columns
 
+    if resume is not None:
+        if seeds:
+            raise HapnetError("--resume continues one run: give it one seed's folder (OUT/seed-S)")
+        show_result(train_model(resume=resume, force=force, callbacks=RichCallbacks()))
+        return
     config = make_config(
         preset=preset,
         data=str(data) if data else None,
@@ -161,18 +176,26 @@ def train(
         columns=parse_columns(columns),
         synth_patients=synth_patients,
     )
-    name = (
-        config.model
-        + (f"-lv{config.levels}" if config.levels else "")
-        + ("-glove" if config.pretrain == "glove" else "")
-    )
+    name = run_name(config)
     out = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if seeds:
         result = train_seeds(config, parse_seeds(seeds), out, force=force, callbacks=RichCallbacks())
         console.print(result.markdown(name))
         console.print(f"runs and summary.md / summary.json in [bold]{result.out}[/]")
         return
-    result = train_model(config, out=out, force=force, callbacks=RichCallbacks())
+    show_result(train_model(config, out=out, force=force, callbacks=RichCallbacks()))
+
+
+def run_name(config: Any) -> str:
+    return (
+        config.model
+        + (f"-lv{config.levels}" if config.levels else "")
+        + ("-glove" if config.pretrain == "glove" else "")
+    )
+
+
+def show_result(result: Any) -> None:
+    name = run_name(result.config)
     console.print(
         metrics_table(
             result.metrics, f"{name}: best epoch {result.metrics['best_epoch']} (lowest valid loss)"

@@ -3,6 +3,10 @@
 Layout: config.json (every setting + versions), metrics.json, history.csv (one row per epoch),
 vocab.csv (the observable codes: class, code, description, level, train_count, group),
 checkpoint.pt (best model state_dict, tensors only), code_embeddings.npy (final g of every class).
+
+While a run trains, its `.NAME.partial` folder also holds resume.pt, rewritten atomically after every
+epoch: everything `hapnet train --resume` needs to continue exactly where the run stopped (see
+`save_resume_state`). It is removed once the run is complete and renamed into place.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +38,8 @@ CONFIG, METRICS, HISTORY, VOCAB, CHECKPOINT, EMBEDDINGS = (
     "checkpoint.pt",
     "code_embeddings.npy",
 )
+RESUME = "resume.pt"
+PARTIAL_SUFFIX = ".partial"
 
 
 def versions() -> dict[str, str]:
@@ -70,8 +77,13 @@ class RunWriter:
         target = Path(out)
         if target.exists() and not force:
             raise HapnetError(f"{target}: already exists (use --force to overwrite it)")
-        work = target.parent / f".{target.name}.partial"
-        if work.exists():
+        work = partial_path(target)
+        if (work / RESUME).is_file() and not force:
+            raise HapnetError(
+                f"{target}: an interrupted run of it is in {work.name}; continue it with "
+                f"`hapnet train --resume {target}`, or use --force to start over"
+            )
+        if work.exists():  # a run killed before its first checkpoint: nothing to keep
             shutil.rmtree(work)
         work.mkdir(parents=True)
         write_json(work / CONFIG, {**config.to_dict(), "versions": versions()})
@@ -102,14 +114,90 @@ class RunWriter:
             np.save(self.work / EMBEDDINGS, model.code_embeddings().float().cpu().numpy())
         write_json(self.work / METRICS, metrics)
 
+    @classmethod
+    def reopen(cls, run_dir: str | Path, *, force: bool = False) -> RunWriter:
+        """The writer of an interrupted run: `run_dir` is its final name or its `.NAME.partial` folder."""
+        path = Path(run_dir)
+        if path.name.startswith(".") and path.name.endswith(PARTIAL_SUFFIX):
+            work, target = path, path.parent / path.name[1 : -len(PARTIAL_SUFFIX)]
+        else:
+            work, target = partial_path(path), path
+        if not work.is_dir():
+            if (target / METRICS).is_file():
+                raise HapnetError(f"{target}: this run is finished; there is nothing to resume")
+            raise HapnetError(f"{path}: no interrupted run to resume (no folder {work})")
+        if not (work / RESUME).is_file():
+            raise HapnetError(
+                f"{work}: no checkpoint to resume from (the run stopped before its first epoch ended); "
+                "train it again"
+            )
+        if target.exists() and not force:
+            raise HapnetError(
+                f"{target}: already exists; resuming {work.name} would replace it (use --force to allow it)"
+            )
+        return cls(target, work, force)
+
+    def saved_config(self) -> TrainConfig:
+        try:
+            return TrainConfig.from_dict(json.loads((self.work / CONFIG).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise HapnetError(f"{self.work / CONFIG}: unreadable run configuration ({exc})") from None
+
+    def save_resume_state(self, state: dict[str, Any]) -> None:
+        """Write resume.pt atomically: a kill at any moment leaves the previous epoch's or this one's."""
+        tmp = self.work / f".{RESUME}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.work / RESUME)
+
+    def load_resume_state(self) -> dict[str, Any]:
+        path = self.work / RESUME
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing error
+            raise HapnetError(f"{path}: cannot load the resume checkpoint ({exc})") from None
+
+    def has_resume_state(self) -> bool:
+        return (self.work / RESUME).is_file()
+
     def finish(self) -> Path:
         if self.target.exists():
             shutil.rmtree(self.target) if self.target.is_dir() else self.target.unlink()
         os.replace(self.work, self.target)
+        # The run is complete: the resume state (several model copies) is no longer needed.
+        (self.target / RESUME).unlink(missing_ok=True)
         return self.target
 
     def abandon(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def partial_path(target: Path) -> Path:
+    """Where a run is written until it is complete: `.NAME.partial` beside NAME."""
+    return target.parent / f".{target.name}{PARTIAL_SUFFIX}"
+
+
+# ----------------------------------------------------------------------------- RNG states
+def rng_states() -> dict[str, Any]:
+    """Every random generator a training step may draw from, as tensors and plain data."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 @dataclass

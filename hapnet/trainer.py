@@ -205,36 +205,79 @@ class TrainResult:
     model: NextVisitModel | None = field(default=None, repr=False)
 
 
+class TrainingDiverged(HapnetError):
+    """The loss became NaN or infinite; the run folder keeps the last good epoch's checkpoint."""
+
+
 def train(
     config: TrainConfig | None = None,
     *,
     out: str | Path | None = None,
     force: bool = False,
     callbacks: TrainCallbacks | None = None,
+    resume: str | Path | None = None,
     **settings: Any,
 ) -> TrainResult:
     """Train one model and write its run folder (unless out is None and settings say nothing).
 
     `hapnet.train(model="gram", levels=3, epochs=5, out="runs/gram")` or with a TrainConfig.
+    `hapnet.train(resume="runs/gram")` continues an interrupted run (see `resume`).
     """
     from hapnet.runs import RunWriter
 
+    if resume is not None:
+        if config is not None or out is not None or settings:
+            raise HapnetError("resume: the run continues with its saved settings; give no other settings")
+        return _resume_run(resume, force=force, callbacks=callbacks)
     config = config if config is not None else make_config(**settings)
     config.validate()
-    callbacks = callbacks or TrainCallbacks()
     writer = RunWriter.start(out, config, force=force) if out is not None else None
+    return _run(config, writer, callbacks or TrainCallbacks(), None)
+
+
+def resume(
+    run_dir: str | Path, *, force: bool = False, callbacks: TrainCallbacks | None = None
+) -> TrainResult:
+    """Continue a run that was interrupted (killed, Ctrl-C, diverged) from its last epoch checkpoint.
+
+    `run_dir` is the run's final name or its `.NAME.partial` folder. The run continues with its
+    saved configuration and ends with exactly the metrics an uninterrupted run gets.
+    """
+    from hapnet.runs import RunWriter
+
+    writer = RunWriter.reopen(run_dir, force=force)
+    config = writer.saved_config().validate()
+    state = writer.load_resume_state()
+    return _run(config, writer, callbacks or TrainCallbacks(), state)
+
+
+_resume_run = resume  # `train`'s parameter `resume` hides the function
+
+
+def _run(
+    config: TrainConfig, writer: Any, callbacks: TrainCallbacks, state: dict[str, Any] | None
+) -> TrainResult:
+    """`_fit` inside the run folder's life cycle: renamed into place when complete.
+
+    On failure the partial folder is removed, unless it holds an epoch checkpoint: then it stays,
+    so that the run can be inspected and resumed.
+    """
     try:
-        result = _fit(config, callbacks, writer)
+        result = _fit(config, callbacks, writer, state)
         if writer is not None:
             result.run_dir = writer.finish()
         return result
     except BaseException:
-        if writer is not None:
+        if writer is not None and not writer.has_resume_state():
             writer.abandon()
         raise
 
 
-def _fit(config: TrainConfig, callbacks: TrainCallbacks, writer: Any) -> TrainResult:
+def _fit(
+    config: TrainConfig, callbacks: TrainCallbacks, writer: Any, state: dict[str, Any] | None = None
+) -> TrainResult:
+    from hapnet.runs import rng_states, set_rng_states
+
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     ontology, data = load_training_data(config)
@@ -245,17 +288,33 @@ def _fit(config: TrainConfig, callbacks: TrainCallbacks, writer: Any) -> TrainRe
     callbacks.on_data(data, split, vocab)
 
     model = build_model(config, ontology, vocab)
-    if config.pretrain == "glove":
+    if config.pretrain == "glove" and state is None:  # a resumed run loads its trained weights
         glove_init(model, config, data, split.train)
     model.to(device)
     optimizer = make_optimizer(config, model)
     builder = BatchBuilder(data, vocab.code_to_class)
-    if writer is not None:
-        writer.save_vocabulary(ontology, vocab, counts, groups)
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"valid_loss": float("inf")}
-    for epoch in range(1, config.epochs + 1):
+    first_epoch = 1
+    if state is None:
+        if writer is not None:
+            writer.save_vocabulary(ontology, vocab, counts, groups)
+    else:
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            history, best = list(state["history"]), dict(state["best"])
+            first_epoch = int(state["epoch"]) + 1
+            set_rng_states(state["rng"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            source = writer.work if writer is not None else "resume state"
+            raise HapnetError(f"{source}: the checkpoint does not match this run's model ({exc})") from None
+        if len(history) != first_epoch - 1 or best.get("epoch") is None:
+            raise HapnetError(f"{writer.work}: inconsistent checkpoint (epoch {first_epoch - 1})")
+        writer.save_history(history)  # a kill may have come between the checkpoint and history.csv
+
+    for epoch in range(first_epoch, config.epochs + 1):
         model.train()
         order = np.random.default_rng([config.seed, epoch]).permutation(split.train)
         batches = range(0, len(order), config.batch_size)
@@ -266,9 +325,7 @@ def _fit(config: TrainConfig, callbacks: TrainCallbacks, writer: Any) -> TrainRe
             batch = builder.build(order[start : start + config.batch_size]).to(device)
             loss = next_visit_loss(model(batch)[DIAGNOSIS], batch, config.loss)
             if not torch.isfinite(loss):
-                raise HapnetError(
-                    f"training diverged: loss is {loss.item()} at epoch {epoch}, step {index + 1}"
-                )
+                raise _diverged(loss.item(), epoch, index + 1, writer)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -290,12 +347,30 @@ def _fit(config: TrainConfig, callbacks: TrainCallbacks, writer: Any) -> TrainRe
         history.append(record)
         is_best = valid.loss < best["valid_loss"]
         if is_best:
-            best = {"valid_loss": valid.loss, "epoch": epoch, "valid": valid, "test": test}
+            best = {
+                "valid_loss": valid.loss,
+                "epoch": epoch,
+                "valid": valid.as_dict(),
+                "test": test.as_dict(),
+            }
             best["state"] = copy.deepcopy(model.state_dict())
-        callbacks.on_epoch_end(record, is_best)
         if writer is not None:
+            # Checkpoint first: a kill after it and before history.csv loses nothing.
+            writer.save_resume_state(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": rng_states(),
+                    "history": history,
+                    "best": best,
+                }
+            )
             writer.save_history(history)
+        callbacks.on_epoch_end(record, is_best)
 
+    if "state" not in best:  # every validation loss was NaN: keep the last epoch
+        raise HapnetError("no epoch had a finite validation loss; nothing to select (try a lower --lr)")
     model.load_state_dict(best["state"])
     metrics = {
         "model": config.model,
@@ -306,8 +381,8 @@ def _fit(config: TrainConfig, callbacks: TrainCallbacks, writer: Any) -> TrainRe
         "best_epoch": best["epoch"],
         "epochs": config.epochs,
         "train_seconds_per_epoch": [r["seconds"] for r in history],
-        "test": best["test"].as_dict(),
-        "valid": best["valid"].as_dict(),
+        "test": best["test"],
+        "valid": best["valid"],
         "split": {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)},
         "codes": len(vocab),
         "device": str(device),
@@ -315,3 +390,15 @@ def _fit(config: TrainConfig, callbacks: TrainCallbacks, writer: Any) -> TrainRe
     if writer is not None:
         writer.save_model(model, metrics)
     return TrainResult(None, config, metrics, history, data.report, model)
+
+
+def _diverged(value: float, epoch: int, step: int, writer: Any) -> TrainingDiverged:
+    message = f"training diverged: loss is {value} at epoch {epoch}, step {step}"
+    if writer is not None and writer.has_resume_state():
+        message += (
+            f"; {writer.work} keeps the checkpoint of epoch {epoch - 1} to inspect, or to continue with "
+            f"`hapnet train --resume {writer.target}` (the same settings will likely diverge again)"
+        )
+    elif writer is not None:
+        message += "; no epoch completed, so nothing was kept (try a lower --lr)"
+    return TrainingDiverged(message)

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from hapnet.cli.main import app
 from typer.testing import CliRunner
+
+from hapnet.cli.main import app
 
 DATA = Path(__file__).parent / "data" / "ontology"
 runner = CliRunner()
