@@ -572,7 +572,7 @@ class ModelSpec:
     embedder: type[CodeEmbedder]
     description: str
     uses_hierarchy: bool  # needs the ontology's edges
-    glove_scope: str  # GloVe over "ancestors" (codes and their ancestors) or "codes" only
+    glove_scope: str  # GloVe over "ancestors" (codes + all ancestors), "parents" or "codes" only
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -604,7 +604,7 @@ for _spec in [
     ModelSpec("gram", GRAMEmbedder, "GRAM: attention over each code and its ancestors", True, "ancestors"),
     ModelSpec("rnn", PlainEmbedder, "no ontology: one embedding per code (RNN+ with GloVe)", False, "codes"),
     ModelSpec(
-        "rollup", RollupEmbedder, "each code as its immediate parent (Rollup+ with GloVe)", True, "codes"
+        "rollup", RollupEmbedder, "each code as its immediate parent (Rollup+ with GloVe)", True, "parents"
     ),
 ]:
     register_model(_spec)

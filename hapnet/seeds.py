@@ -92,7 +92,7 @@ def train_seeds(
     Finished seeds (a complete run folder) are reused, so an interrupted sweep resumes.
     """
     from hapnet.runs import METRICS, is_run_dir, write_json
-    from hapnet.trainer import train
+    from hapnet.trainer import resume, train
 
     out = Path(out)
     if out.exists() and not force and not (out / "seeds.json").exists():
@@ -107,8 +107,11 @@ def train_seeds(
 
             all_metrics.append(json.loads((run_dir / METRICS).read_text()))
             continue
-        seed_config = TrainConfig.from_dict({**config.to_dict(), "seed": seed})
-        result = train(seed_config, out=run_dir, force=force, callbacks=callbacks)
+        if (run_dir.parent / f".{run_dir.name}.partial" / "resume.pt").exists() and not force:
+            result = resume(run_dir, callbacks=callbacks)  # a seed that was interrupted
+        else:
+            seed_config = TrainConfig.from_dict({**config.to_dict(), "seed": seed})
+            result = train(seed_config, out=run_dir, force=force, callbacks=callbacks)
         all_metrics.append(result.metrics)
     summary = summarize(all_metrics)
     write_json(out / "summary.json", summary)

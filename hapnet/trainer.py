@@ -130,7 +130,12 @@ def glove_init(model: NextVisitModel, config: TrainConfig, data: VisitData, trai
 
     spec = get_model(config.model)
     ontology = data.ontology.truncate(config.levels)
-    ancestors = ancestor_sets(ontology) if spec.glove_scope == "ancestors" else None
+    if spec.glove_scope == "ancestors":
+        ancestors = ancestor_sets(ontology)
+    elif spec.glove_scope == "parents":  # Rollup+: the parent rows are the ones Rollup uses
+        ancestors = [frozenset(ontology.parents(i).tolist()) for i in range(len(ontology))]
+    else:
+        ancestors = None
     subset = data.subset(train)
     cooc = cooccurrence(subset.visit_offsets, subset.codes, len(ontology), ancestors)
     vectors = train_glove(cooc, config.dim, epochs=config.glove_epochs, seed=config.seed)

@@ -306,7 +306,7 @@ def test_registry_models_build_and_train_one_step() -> None:
     vocab = np.flatnonzero(onto.is_leaf)
     assert {"hap", "gram", "rnn", "rollup"} <= set(MODELS)
     for name, spec in MODELS.items():
-        assert spec.name == name and spec.glove_scope in ("ancestors", "codes")
+        assert spec.name == name and spec.glove_scope in ("ancestors", "parents", "codes")
         model = build_embedder(name, onto.compile(), vocab, EmbedderConfig(dim=8, attention_dim=4))
         g = model()
         assert g.shape == (len(vocab), 8)
