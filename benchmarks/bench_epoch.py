@@ -14,13 +14,13 @@ import tempfile
 
 import numpy as np
 import torch
-from hapnet.visits import load_visits
 
 import hapnet
 from hapnet.config import make_config
 from hapnet.flops import BACKWARD_FACTOR, matmul_gflops, predictor_flops, propagation_flops
 from hapnet.predictor import BatchBuilder
 from hapnet.trainer import Vocabulary, default_data_path, split_patients
+from hapnet.visits import load_visits
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hapnet.cli import inspect, models, ontology, synth, train
+from hapnet.cli import embed, inspect, models, ontology, perf, synth, train
 
 app = typer.Typer(
     help="hapnet: HAP embeddings of medical ontologies and next-visit diagnosis prediction.",
@@ -19,6 +19,10 @@ app.command()(synth.synth)
 app.command()(inspect.predict)
 app.command()(inspect.explain)
 app.command()(inspect.plot)
+app.command()(embed.embed)
+app.command()(embed.neighbors)
+app.command()(perf.bench)
+app.command()(perf.reproduce)
 
 
 def main() -> None:

@@ -32,6 +32,14 @@ _LAZY = {
     "predict_next_visit": "hapnet.predict",
     "explain_code": "hapnet.explain",
     "plot_runs": "hapnet.plots",
+    "embed": "hapnet.embedding",
+    "neighbors": "hapnet.embedding",
+    "EmbedConfig": "hapnet.embedding",
+    "read_embeddings": "hapnet.embedding_io",
+    "write_embeddings": "hapnet.embedding_io",
+    "bench": "hapnet.benchmark",
+    "reproduce": "hapnet.reproduction",
+    "PAPER_CONFIGS": "hapnet.reproduction",
 }
 
 

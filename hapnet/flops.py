@@ -7,6 +7,7 @@ taken as twice the forward (the usual estimate for matmul-dominated work).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -29,14 +30,28 @@ def attention_step_flops(step: Step, dim: int, attention_dim: int, new_queries: 
     return flops
 
 
+def _active_step(step: Step, active: np.ndarray) -> Step:
+    """The part of a step whose targets are `active` (a mask over step.targets)."""
+    keep = active[step.edge_target]
+    position = np.full(len(step.targets), -1, dtype=np.int64)
+    position[active] = np.arange(int(active.sum()))
+    return Step(step.level, step.targets[active], position[step.edge_target[keep]], step.edge_source[keep])
+
+
 def propagation_flops(
     model: str, hierarchy: Hierarchy, vocab: np.ndarray, dim: int, attention_dim: int
 ) -> int:
-    """Forward FLOPs of the code embedder."""
+    """Forward FLOPs of the code embedder. HAP: only the targets the outputs `vocab` depend on
+    (top-down runs over the observed codes and their ancestors; the rest is not needed)."""
     if model == "hap":
+        from hapnet.models import _needed  # which targets of each step the outputs depend on
+
+        bottom_up, top_down = _needed(hierarchy, np.asarray(vocab, dtype=np.int64))
+        steps = zip(hierarchy.bottom_up + hierarchy.top_down, bottom_up + top_down, strict=True)
         return sum(
-            attention_step_flops(s, dim, attention_dim, True)
-            for s in hierarchy.bottom_up + hierarchy.top_down
+            attention_step_flops(_active_step(step, active), dim, attention_dim, True)
+            for step, active in steps
+            if active.any()
         )
     if model == "gram":
         return attention_step_flops(hierarchy.ancestor_step(vocab), dim, attention_dim, True)
@@ -50,14 +65,44 @@ def predictor_flops(padded_steps: int, real_steps: int, dim: int, hidden: int, n
     return gru + output
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """Measured fp32 matmul speed of this machine (median of repeats), GFLOP/s."""
-    a = torch.randn(size, size)
-    b = torch.randn(size, size)
+def training_step_flops(
+    model: str,
+    hierarchy: Hierarchy,
+    vocab: np.ndarray,
+    padded_steps: int,
+    real_steps: int,
+    dim: int,
+    attention_dim: int,
+    hidden: int,
+) -> int:
+    """Forward + backward FLOPs of one training step: code embedder, visit GRU, output layer."""
+    forward = propagation_flops(model, hierarchy, vocab, dim, attention_dim)
+    forward += predictor_flops(padded_steps, real_steps, dim, hidden, len(vocab))
+    return BACKWARD_FACTOR * forward
+
+
+def matmul_gflops(
+    size: int = 2048,
+    repeats: int = 5,
+    device: str | torch.device = "cpu",
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Measured fp32 matmul speed of this machine (median of repeats), GFLOP/s. `clock`:
+    time.process_time measures CPU time (steadier on a shared machine, one thread)."""
+    device = torch.device(device)
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     a @ b  # warm-up
     times = []
     for _ in range(repeats):
-        started = time.perf_counter()
+        sync()
+        started = clock()
         a @ b
-        times.append(time.perf_counter() - started)
+        sync()
+        times.append(clock() - started)
     return 2 * size**3 / float(np.median(times)) / 1e9

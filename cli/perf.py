@@ -1,0 +1,158 @@
+"""`hapnet bench` and `hapnet reproduce`: options in, one library call, rich output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.table import Table
+
+from hapnet.cli.common import console, err_console, user_errors
+
+NOISY_SPREAD = 1.5  # slowest / fastest repeat above this: warn that the figures are unsteady
+PART_LABELS = {"propagation": "propagation", "train_step": "train step"}
+
+
+def _ms(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds * 1e3:,.0f}"
+
+
+def bench_table(result: dict[str, Any]) -> Table:
+    machine, data, settings = result["machine"], result["data"], result["settings"]
+    caption = (
+        f"{data['ontology']} ({data['nodes']:,} nodes, {data['codes']:,} codes), d={settings['dim']} "
+        f"a={settings['attention_dim']} hidden={settings['hidden']}, batch {data['batch_patients']} patients "
+        f"({data['batch_steps']} steps); {machine['device']}, {machine['threads']} threads, "
+        f"matmul {machine['matmul_gflops']:.0f} GFLOP/s; median of {settings['repeats']} after warm-up "
+        f"({settings['clock']} clock). "
+        "propagation = embedder forward + backward; train step = embedder + GRU + output layer + loss "
+        "+ Adadelta step; GFLOP = the FLOP floor (fwd + bwd); % peak = GFLOP/s / matmul GFLOP/s."
+    )
+    table = Table(caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("model", no_wrap=True)
+    table.add_column("part", no_wrap=True)
+    for column in ("ours ms", "naive ms", "speed-up", "GFLOP", "GFLOP/s", "% peak"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in result["rows"]:
+        table.add_row(
+            row["model"],
+            PART_LABELS[row["part"]],
+            _ms(row["ours_s"]),
+            _ms(row["naive_s"]),
+            "—" if row["speedup"] is None else f"{row['speedup']:.1f}×",
+            f"{row['gflop']:.2f}",
+            f"{row['ours_gflops']:.1f}",
+            f"{100 * row['peak_fraction']:.1f}%",
+        )
+    return table
+
+
+@user_errors
+def bench(
+    ontology: Annotated[str, typer.Option(help="Built-in ontology name or ontology file.")] = "icd9-ccs",
+    model: Annotated[str, typer.Option(help="hap, gram or both.")] = "both",
+    dim: Annotated[int, typer.Option(help="Code embedding size d.")] = 400,
+    attention_dim: Annotated[int, typer.Option("--attention-dim", help="Attention size a.")] = 100,
+    hidden: Annotated[int, typer.Option(help="GRU hidden size.")] = 400,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Patients per training step.")] = 100,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    repeats: Annotated[int, typer.Option(help="Timed runs (median) after one warm-up run.")] = 5,
+    patients: Annotated[int, typer.Option(help="Synthetic patients (sets the code vocabulary).")] = 7500,
+    matmul_size: Annotated[
+        int, typer.Option("--matmul-size", help="n of the n x n matmul that measures peak GFLOP/s.")
+    ] = 2048,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
+    clock: Annotated[
+        str, typer.Option(help="wall, or cpu: process CPU time (steadier on a shared machine).")
+    ] = "wall",
+    naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Also time the naive reference.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Time propagation and one training step of HAP / GRAM against the naive reference port."""
+    from hapnet.benchmark import bench as run_bench
+
+    result = run_bench(
+        ontology=ontology,
+        model=model,
+        dim=dim,
+        attention_dim=attention_dim,
+        hidden=hidden,
+        batch_size=batch_size,
+        device=device,
+        repeats=repeats,
+        patients=patients,
+        naive=naive,
+        threads=threads,
+        clock=clock,
+        matmul_size=matmul_size,
+    )
+    if as_json:
+        print(json.dumps(result))
+        return
+    console.print(bench_table(result))
+    spread = max(row["spread"] for row in result["rows"])
+    if spread > NOISY_SPREAD:
+        err_console.print(
+            f"[yellow]warning:[/] repeats differ up to {spread:.1f}x (a busy machine?); "
+            "`--threads 1 --clock cpu` gives steadier figures",
+            highlight=False,
+        )
+
+
+@user_errors
+def reproduce(
+    data: Annotated[Path, typer.Option(help="MIMIC-III folder (or any data `hapnet train` reads).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs and the table.")] = Path(
+        "reproduce"
+    ),
+    seeds: Annotated[str, typer.Option(help="Seeds, e.g. 0-4 or 0,1.")] = "0-4",
+    configs: Annotated[
+        str | None,
+        typer.Option(help="Subset, e.g. hap,gram,rnn+ (default: all ten, keys above)."),
+    ] = None,
+    ontology: Annotated[str, typer.Option(help="Built-in ontology name or ontology file.")] = "icd9-ccs",
+    epochs: Annotated[int | None, typer.Option(help="Override the paper's 50 epochs.")] = None,
+    dim: Annotated[int | None, typer.Option(help="Override d = 400.")] = None,
+    hidden: Annotated[int | None, typer.Option(help="Override GRU hidden = 400.")] = None,
+    attention_dim: Annotated[int | None, typer.Option("--attention-dim", help="Override a = 100.")] = None,
+    glove_epochs: Annotated[int | None, typer.Option("--glove-epochs", help="Override GloVe's 50.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    force: Annotated[
+        bool, typer.Option(help="Retrain finished runs / reuse a folder of other settings.")
+    ] = False,
+) -> None:
+    """The paper's ten configurations (HAP, HAP lv3/lv2, GRAM, GRAM lv3/lv2, RNN+, RNN, Rollup+, Rollup)
+    over several seeds: reproduce.md / reproduce.json beside the published numbers. Resumable.
+
+    --configs keys: hap, hap-lv3, hap-lv2, gram, gram-lv3, gram-lv2, rnn+, rnn, rollup+, rollup.
+    """
+    from hapnet.cli.train import RichCallbacks
+    from hapnet.reproduction import TABLE_JSON, TABLE_MD
+    from hapnet.reproduction import reproduce as run_reproduce
+    from hapnet.seeds import parse_seeds
+
+    def announce(paper: Any, index: int, count: int, done: list[int]) -> None:
+        resumed = f", seeds {', '.join(map(str, done))} already done" if done else ""
+        console.rule(f"[bold]{paper.name}[/] ({index + 1}/{count}{resumed})")
+
+    result = run_reproduce(
+        data,
+        out,
+        seeds=parse_seeds(seeds),
+        configs=configs,
+        ontology=ontology,
+        epochs=epochs,
+        dim=dim,
+        hidden=hidden,
+        attention_dim=attention_dim,
+        glove_epochs=glove_epochs,
+        device=device,
+        force=force,
+        callbacks=RichCallbacks(),
+        on_config=announce,
+    )
+    console.print(result["markdown"], markup=False, highlight=False, soft_wrap=True)
+    console.print(f"table in [bold]{out / TABLE_MD}[/] and [bold]{out / TABLE_JSON}[/]")

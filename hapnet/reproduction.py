@@ -1,0 +1,191 @@
+"""`reproduce(...)`: the HAP paper's ten configurations over several seeds, in the paper's table.
+
+Each configuration is one seed sweep (`hapnet.seeds.train_seeds`) in OUT/<key>/, so finished
+seeds are never trained again and an interrupted run resumes where it stopped. The table (mean ±
+std per frequency group and overall) goes to OUT/reproduce.md and OUT/reproduce.json, beside the
+published numbers (algorithms.md, HAP paper Table 3).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hapnet.errors import HapnetError
+
+SETTINGS_FILE = "reproduce-settings.json"
+TABLE_MD, TABLE_JSON = "reproduce.md", "reproduce.json"
+
+
+@dataclass(frozen=True)
+class PaperConfig:
+    key: str  # what --configs takes, and the sub-folder
+    name: str  # the paper's row label
+    model: str
+    levels: int | None
+    pretrain: str  # "glove" or "none"
+
+
+# algorithms.md: HAP and GRAM with GloVe of every node (the paper's setting); "+" = GloVe.
+PAPER_CONFIGS: list[PaperConfig] = [
+    PaperConfig("hap", "HAP", "hap", None, "glove"),
+    PaperConfig("hap-lv3", "HAP (lv3)", "hap", 3, "glove"),
+    PaperConfig("hap-lv2", "HAP (lv2)", "hap", 2, "glove"),
+    PaperConfig("gram", "GRAM", "gram", None, "glove"),
+    PaperConfig("gram-lv3", "GRAM (lv3)", "gram", 3, "glove"),
+    PaperConfig("gram-lv2", "GRAM (lv2)", "gram", 2, "glove"),
+    PaperConfig("rnn+", "RNN+", "rnn", None, "glove"),
+    PaperConfig("rnn", "RNN", "rnn", None, "none"),
+    PaperConfig("rollup+", "Rollup+", "rollup", None, "glove"),
+    PaperConfig("rollup", "Rollup", "rollup", None, "none"),
+]
+
+# HAP paper, Table 3, MIMIC-III, accuracy@20: groups 0-25, 25-50, 50-75, 75-100, then overall.
+# Only the rows algorithms.md quotes; the others have no published figure here.
+PUBLISHED: dict[str, list[float]] = {
+    "HAP": [0.0414, 0.2179, 0.3813, 0.7983, 0.3619],
+    "HAP (lv3)": [0.0434, 0.2119, 0.3884, 0.8006, 0.3633],
+    "GRAM": [0.0426, 0.2042, 0.3733, 0.8084, 0.3591],
+    "RNN+": [0.0399, 0.2167, 0.3806, 0.8044, 0.3625],
+    "RNN": [0.0298, 0.1983, 0.3847, 0.8104, 0.3580],
+    "Rollup": [0.0314, 0.1795, 0.3674, 0.8056, 0.3480],
+}
+
+
+def select_configs(keys: str | list[str] | None) -> list[PaperConfig]:
+    """`hap,gram,rnn` -> those configurations, in the paper's order; None: all ten."""
+    if keys is None:
+        return list(PAPER_CONFIGS)
+    wanted = [k.strip().lower() for k in (keys.split(",") if isinstance(keys, str) else keys) if k.strip()]
+    known = {c.key for c in PAPER_CONFIGS}
+    unknown = [k for k in wanted if k not in known]
+    if unknown or not wanted:
+        raise HapnetError(
+            f"--configs: unknown configuration {', '.join(unknown) or '(none given)'}; "
+            f"valid: {', '.join(c.key for c in PAPER_CONFIGS)}"
+        )
+    return [c for c in PAPER_CONFIGS if c.key in wanted]
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A sweep's settings without what may change between resumed runs (seed, device)."""
+    return {k: v for k, v in config.items() if k not in ("seed", "device")}
+
+
+def _check_resumable(folder: Path, config: dict[str, Any], force: bool) -> None:
+    """Refuse to mix runs of different settings in one sweep folder."""
+    from hapnet.runs import CONFIG
+
+    seeds_file = folder / "seeds.json"
+    if force or not seeds_file.exists():
+        return
+    before = json.loads(seeds_file.read_text()).get("config", {})
+    if _comparable(before) != _comparable(config):
+        changed = sorted(k for k in _comparable(config) if before.get(k) != config.get(k))
+        raise HapnetError(
+            f"{folder}: holds runs with other settings ({', '.join(changed)} differ, see {seeds_file.name} "
+            f"and */{CONFIG}); use another -o folder or --force"
+        )
+
+
+def finished_seeds(folder: Path, seeds: list[int]) -> list[int]:
+    """Seeds of a sweep folder whose run is complete (what `train_seeds` will not repeat)."""
+    from hapnet.runs import METRICS, is_run_dir
+
+    return [
+        s for s in seeds if is_run_dir(folder / f"seed-{s}") and (folder / f"seed-{s}" / METRICS).exists()
+    ]
+
+
+def reproduce(
+    data: str | Path,
+    out: str | Path,
+    *,
+    seeds: list[int] | None = None,
+    configs: str | list[str] | None = None,
+    ontology: str = "icd9-ccs",
+    epochs: int | None = None,
+    dim: int | None = None,
+    hidden: int | None = None,
+    attention_dim: int | None = None,
+    glove_epochs: int | None = None,
+    device: str = "auto",
+    force: bool = False,
+    callbacks: Any = None,
+    on_config: Any = None,
+) -> dict[str, Any]:
+    """Train the paper's configurations (`make_config(preset="paper")` + overrides) over the seeds
+    and write OUT/reproduce.md and OUT/reproduce.json. Returns the JSON's content.
+
+    `on_config(paper_config, index, count, done)` is called before each configuration (progress;
+    `done`: its seeds already finished, which are not trained again).
+    """
+    from hapnet.config import make_config
+    from hapnet.runs import write_json
+    from hapnet.seeds import markdown_table, train_seeds
+    from hapnet.textio import atomic_path
+
+    seeds = [0, 1, 2, 3, 4] if seeds is None else seeds
+    chosen = select_configs(configs)
+    data_path = Path(data)
+    if not data_path.exists():
+        raise HapnetError(f"{data_path}: no such file or folder")
+    out = Path(out)
+    settings = {
+        "data": str(data_path.resolve()),
+        "ontology": ontology,
+        "epochs": epochs,
+        "dim": dim,
+        "hidden": hidden,
+        "attention_dim": attention_dim,
+        "glove_epochs": glove_epochs,
+        "device": device,
+    }
+    if out.exists() and any(out.iterdir()) and not (out / SETTINGS_FILE).exists() and not force:
+        raise HapnetError(f"{out}: already exists and is not a reproduce folder (use another -o or --force)")
+    sweep_configs = []
+    for paper in chosen:
+        config = make_config(
+            preset="paper",
+            model=paper.model,
+            levels=paper.levels,
+            pretrain=paper.pretrain,
+            **settings,
+        )
+        _check_resumable(out / paper.key, config.to_dict(), force)
+        sweep_configs.append((paper, config))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        out / SETTINGS_FILE, {"settings": settings, "seeds": seeds, "configs": [c.key for c in chosen]}
+    )
+
+    rows, results = [], {}
+    for index, (paper, config) in enumerate(sweep_configs):
+        if on_config is not None:
+            done = [] if force else finished_seeds(out / paper.key, seeds)
+            on_config(paper, index, len(sweep_configs), done)
+        sweep = train_seeds(config, seeds, out / paper.key, force=force, callbacks=callbacks)
+        rows.append((paper.name, sweep.summary))
+        results[paper.key] = {
+            "name": paper.name,
+            "model": paper.model,
+            "levels": paper.levels,
+            "pretrain": paper.pretrain,
+            "summary": sweep.summary,
+            "published": PUBLISHED.get(paper.name),
+        }
+    published = {paper.name: PUBLISHED[paper.name] for paper in chosen if paper.name in PUBLISHED}
+    table = markdown_table(rows, published)
+    report = {
+        "settings": settings,
+        "seeds": seeds,
+        "configs": results,
+        "published_source": "HAP paper (Zhang et al., KDD 2020), Table 3, MIMIC-III, accuracy@20",
+    }
+    with atomic_path(out / TABLE_MD, overwrite=True) as tmp:
+        tmp.write_text(table)
+    write_json(out / TABLE_JSON, report)  # atomic too
+    report["markdown"] = table
+    return report
