@@ -1,0 +1,145 @@
+"""`hapnet embed` and `hapnet neighbors`: code embeddings as files, and nearest codes by cosine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import hapnet
+from hapnet.cli.common import console, user_errors
+from hapnet.errors import InputError
+from hapnet.textio import atomic_path
+
+if TYPE_CHECKING:  # torch and pandas load only when a command runs
+    from hapnet.embedding import EmbedResult
+
+OUT_HELP = (
+    "Output file; the format follows the suffix: .parquet/.csv (code, description, level, is_leaf, "
+    "e0..e{D-1}), .npy (+ .codes.txt), .txt/.w2v (word2vec text), .tsv (TensorBoard projector + "
+    ".metadata.tsv). Default: <ontology name>.embeddings.parquet"
+)
+
+
+@user_errors
+def embed(
+    source: Annotated[
+        str, typer.Argument(help="Built-in ontology name (see `hapnet ontology list`) or a file.")
+    ],
+    out: Annotated[Path | None, typer.Option("-o", "--out", help=OUT_HELP)] = None,
+    dim: Annotated[int | None, typer.Option(help="Embedding size d (default 128).")] = None,
+    levels: Annotated[int | None, typer.Option(help="HAP propagates over the lowest K levels only.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Full-batch training steps (default 10).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default 0).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default auto).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Embedder from `hapnet models` (default hap; rnn = no propagation).")
+    ] = None,
+    from_run: Annotated[
+        Path | None,
+        typer.Option("--from-run", help="Export a trained run's final embeddings instead of training."),
+    ] = None,
+    metrics: Annotated[Path | None, typer.Option("--metrics", help="Also write the figures as JSON.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
+) -> None:
+    """Embeddings of every code of an ontology, learned from its structure (HAP propagation) or
+    exported from a trained run, with how well they recover the ontology (MAP, mean rank)."""
+    from hapnet.embedding_io import check_writable
+
+    ontology = hapnet.load_ontology(source)
+    out = out or Path(f"{ontology.name}.embeddings.parquet")
+    check_writable(out, force)
+    if metrics is not None and metrics.exists() and not force:
+        raise InputError(metrics, "already exists (use --force to overwrite)")
+
+    progress = Progress(
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    task = None
+
+    def on_epoch(epoch: int, total: int, loss: float) -> None:
+        nonlocal task
+        if task is None:
+            progress.start()
+            task = progress.add_task("train", total=total, loss=loss)
+        progress.update(task, completed=epoch, loss=loss)
+
+    try:
+        result = hapnet.embed(
+            ontology,
+            dim=dim,
+            levels=levels,
+            epochs=epochs,
+            seed=seed,
+            device=device,
+            model=model,
+            from_run=from_run,
+            callback=on_epoch,
+        )
+    finally:
+        progress.stop()
+    written = result.save(out, force=force)
+    if metrics is not None:
+        with atomic_path(metrics, overwrite=force) as tmp:
+            tmp.write_text(json.dumps(result.metrics, indent=2) + "\n")
+        written.append(metrics)
+    console.print(figures_table(result, ontology.name))
+    for path in written:
+        console.print(f"wrote [bold]{escape(str(path))}[/]")
+
+
+def figures_table(result: EmbedResult, name: str) -> Table:
+    table = Table(
+        title=f"{escape(name)}: {len(result.table):,} codes x {result.table.dim}", show_header=False
+    )
+    rec = result.reconstruction
+    if rec is not None:
+        table.add_row("MAP (neighbours = parents + children, cosine)", f"{rec.map:.4f}")
+        table.add_row("mean rank", f"{rec.mean_rank:.3f}")
+        table.add_row("nodes / ranked pairs", f"{rec.nodes:,} / {rec.pairs:,}")
+    source = "export" if "from_run" in result.settings else "training"
+    table.add_row(
+        f"seconds ({source} + evaluation)", f"{result.train_seconds:.1f} + {rec.seconds if rec else 0:.1f}"
+    )
+    return table
+
+
+@user_errors
+def neighbors(
+    embeddings: Annotated[
+        Path, typer.Argument(help="An embeddings file written by `hapnet embed`, any format.")
+    ],
+    code: Annotated[str, typer.Argument(help="A code or category id, dotted or not.")],
+    k: Annotated[int, typer.Option("-k", "--k", help="How many neighbours.")] = 10,
+) -> None:
+    """The codes nearest to CODE by cosine similarity, with their descriptions."""
+    query, frame = hapnet.neighbors(embeddings, code, k=k)
+    level = f" (level {query['level']})" if query["level"] >= 0 else ""
+    table = Table(
+        "rank",
+        "code",
+        "description",
+        "level",
+        "cosine",
+        title=f"Nearest to {escape(str(query['code']))} {escape(str(query['description']))}{level}",
+    )
+    for row in frame.itertuples(index=False):
+        table.add_row(
+            str(row.rank),
+            escape(str(row.code)),
+            escape(str(row.description)),
+            str(row.level) if row.level >= 0 else "",
+            f"{row.similarity:.4f}",
+        )
+    console.print(table)
