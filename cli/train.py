@@ -72,20 +72,21 @@ class RichCallbacks:
 
     def on_epoch_end(self, record: dict[str, Any], is_best: bool) -> None:
         self.progress.stop()
-        table = Table(box=None, show_header=self.header)
-        self.header = False
-        for column in ("epoch", "train loss", "valid loss", "valid acc", "test acc", "seconds", ""):
-            table.add_column(column, justify="right", min_width=10)
-        table.add_row(
+        # One aligned line per epoch (a rich Table per row would add blank lines).
+        columns = ("epoch", "train loss", "valid loss", "valid acc", "test acc", "seconds")
+        if self.header:
+            console.print("".join(f"{c:>12}" for c in columns), style="bold")
+            self.header = False
+        values = (
             str(record["epoch"]),
             f"{record['train_loss']:.4f}",
             f"{record['valid_loss']:.4f}",
             f"{record['valid_accuracy']:.4f}",
             f"{record['test_accuracy']:.4f}",
             f"{record['seconds']:.1f}",
-            "[green]best[/]" if is_best else "",
         )
-        console.print(table)
+        best = "  [green]best[/]" if is_best else ""
+        console.print("".join(f"{v:>12}" for v in values) + best, highlight=False)
 
 
 ModelOpt = Annotated[str, typer.Option("--model", help="hap, gram, rnn or rollup (see `hapnet models`).")]

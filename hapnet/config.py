@@ -37,7 +37,7 @@ class TrainConfig:
     device: str = "auto"
     unknown: str = "ancestor"
     columns: dict[str, str] | None = None
-    synth_patients: int = 2000  # size of the built-in synthetic data when data is None
+    synth_patients: int = 7500  # MIMIC-III-sized; size of the built-in synthetic data when data is None
     glove_epochs: int = 50
     preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
