@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import hapnet
-from hapnet.cli.common import console, user_errors
+from hapnet.cli.common import console, loss_progress, user_errors
 from hapnet.errors import InputError
 from hapnet.textio import atomic_path
 
@@ -57,15 +56,7 @@ def embed(
     if metrics is not None and metrics.exists() and not force:
         raise InputError(metrics, "already exists (use --force to overwrite)")
 
-    progress = Progress(
-        TextColumn("training"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
+    progress = loss_progress("training")
     task = None
 
     def on_epoch(epoch: int, total: int, loss: float) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
-from hapnet.cli.common import console, user_errors
+from hapnet.cli.common import console, loss_progress, user_errors
 from hapnet.errors import HapnetError
 
 
@@ -55,15 +55,7 @@ class RichCallbacks:
         )
 
     def on_epoch_start(self, epoch: int, num_batches: int) -> None:
-        self.progress = Progress(
-            TextColumn(f"epoch {epoch}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        )
+        self.progress = loss_progress(f"epoch {epoch}")
         self.progress.start()
         self.task = self.progress.add_task("train", total=num_batches, loss=float("nan"))
 
