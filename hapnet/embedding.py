@@ -5,7 +5,8 @@ Two sources of vectors:
   embedder as in training (HAP: bottom-up then top-down propagation, `levels` honoured) and are
   trained so that each node's neighbours in the ontology (its parents and children) are ranked
   above sampled non-neighbours: the softmax ranking loss of Nickel & Kiela (2017, "Poincaré
-  Embeddings"), on cosine similarity;
+  Embeddings"), on cosine similarity (plus a lighter second tier: siblings and grandparents
+  above unrelated nodes);
 - a trained run (`embed(ontology, from_run=RUN_DIR)`): the run's final embeddings (after
   propagation) of its observable codes and their category nodes, no retraining.
 
@@ -59,6 +60,7 @@ class EmbedConfig:
     temperature: float = 0.05  # cosine / temperature are the logits of the ranking softmax
     negatives: int = 256  # uniform negatives per step, shared by all nodes
     hard_negatives: int = 8  # per node: ends of 2-step walks (siblings, grandparents, grandchildren)
+    family_weight: float = 0.3  # weight of ranking those 2-step nodes above unrelated ones
     seed: int = 0
     device: str = "auto"
 
@@ -166,6 +168,17 @@ class Relations:
     @property
     def num_pairs(self) -> int:
         return len(self.targets)
+
+    def sample(self, count: int, seed: int = 0) -> Relations:
+        """The same relations for `count` random rows only (the others get no neighbour)."""
+        rows = np.flatnonzero(self.counts > 0)
+        if count >= len(rows):
+            return self
+        keep = np.zeros(len(self.counts), dtype=bool)
+        keep[np.random.default_rng(seed).choice(rows, count, replace=False)] = True
+        counts = np.where(keep, self.counts, 0)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        return Relations(offsets, self.targets[np.repeat(keep, self.counts)], self.kind)
 
 
 def _csr(sources: np.ndarray, targets: np.ndarray, size: int, kind: str) -> Relations:
@@ -301,6 +314,9 @@ class RankingObjective:
     uniform nodes shared by all u in one step, plus ends of 2-step walks from u (siblings,
     grandparents, grandchildren: the near misses of the reconstruction); u itself and its true
     neighbours are never negatives. A constant logit at cosine -1 keeps the sum finite.
+    A second tier, weighted `family_weight`, ranks those 2-step nodes above the uniform ones, so
+    that after a code's parent and children come its siblings and grandparents, not codes from
+    elsewhere in the ontology (what `hapnet neighbors` shows).
     """
 
     def __init__(self, ontology: Ontology, config: EmbedConfig, device: torch.device):
@@ -354,14 +370,24 @@ class RankingObjective:
         mask[torch.arange(len(q), device=self.device)[own], slot[q[own]]] = True
         parts = [logits.masked_fill(mask, -torch.inf)]
 
+        floor = g_q.new_full((len(q), 1), -1 / tau)  # cosine -1: the floor, never exceeded
+        family_loss = None
         if self.config.hard_negatives:
             start = q.unsqueeze(1).expand(-1, self.config.hard_negatives)
             ends = self._neighbour(self._neighbour(start, generator), generator)
             hard = torch.bmm(g.index_select(0, ends.reshape(-1)).view(*ends.shape, -1), g_q.unsqueeze(2))
-            parts.append(hard.squeeze(2).div(tau).masked_fill(self._is_related(start, ends), -torch.inf))
-        parts.append(g_q.new_full((len(q), 1), -1 / tau))  # cosine -1: the floor, never exceeded
-        normaliser = torch.logsumexp(torch.cat(parts, 1), 1)
-        return F.softplus(normaliser[self.position[self.src]] - positive).mean()
+            hard = hard.squeeze(2).div(tau)
+            related = self._is_related(start, ends)
+            if self.config.family_weight > 0:
+                # second tier: two steps away still ranks above unrelated nodes
+                uniform = torch.logsumexp(torch.cat([parts[0], floor], 1), 1, keepdim=True)
+                family_loss = F.softplus(uniform - hard)[~related].mean()
+            parts.append(hard.masked_fill(related, -torch.inf))
+        normaliser = torch.logsumexp(torch.cat([*parts, floor], 1), 1)
+        loss = F.softplus(normaliser[self.position[self.src]] - positive).mean()
+        if family_loss is not None:
+            loss = loss + self.config.family_weight * family_loss
+        return loss
 
 
 def _device(name: str) -> torch.device:

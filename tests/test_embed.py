@@ -119,6 +119,18 @@ def test_blocked_reconstruction_equals_the_naive_loop(tree: Ontology, relation: 
     assert fast.mean_rank == pytest.approx(expected_rank)
 
 
+def test_sampled_relations_keep_their_rows(tree: Ontology):
+    nodes = np.arange(1, len(tree))
+    truth = relations(tree, nodes, "ancestors")
+    sample = truth.sample(5, seed=3)
+    rows = np.flatnonzero(sample.counts)
+    assert len(rows) == 5 and sample.kind == "ancestors"
+    for row in rows:
+        kept = sample.targets[sample.offsets[row] : sample.offsets[row + 1]]
+        np.testing.assert_array_equal(kept, truth.targets[truth.offsets[row] : truth.offsets[row + 1]])
+    assert truth.sample(10_000) is truth
+
+
 def test_relations_of_a_dag():
     onto = hapnet.load_ontology(Path(__file__).parent / "data" / "ontology" / "dag.csv")
     nodes = np.arange(1, len(onto))
@@ -171,6 +183,7 @@ def test_neighbors_of_a_leaf_start_with_its_parent(learned: EmbedResult):
     query, frame = neighbors(learned, "a01", k=3)  # found case-insensitively
     assert query["code"] == "A01"
     assert frame["code"].iloc[0] == "A0"
+    assert set(frame["code"]) == {"A0", "A00", "A"}  # then the family: sibling and grandparent
     assert list(frame["rank"]) == [1, 2, 3] and frame["similarity"].is_monotonic_decreasing
     with pytest.raises(HapnetError, match="unknown code 'ZZZ'"):
         neighbors(learned, "ZZZ")
