@@ -59,10 +59,7 @@ def main() -> None:
     batches = 0
     for start in range(0, len(split.train), config.batch_size):
         batch = builder.build(split.train[start : start + config.batch_size])
-        padded = batch.step_mask.numel()
-        flops += per_step_prop + predictor_flops(
-            padded, batch.num_steps, config.dim, config.hidden, len(vocab)
-        )
+        flops += per_step_prop + predictor_flops(batch.num_steps, config.dim, config.hidden, len(vocab))
         batches += 1
     flops *= BACKWARD_FACTOR
 

@@ -218,9 +218,7 @@ def _measure(
         flops = {
             "propagation": BACKWARD_FACTOR
             * propagation_flops(name, hierarchy, vocab.nodes, dim, attention_dim),
-            "train_step": training_step_flops(
-                name, hierarchy, vocab.nodes, padded, real, dim, attention_dim, hidden
-            ),
+            "train_step": training_step_flops(name, hierarchy, vocab.nodes, real, dim, attention_dim, hidden),
         }
         for part, functions in (("propagation", propagation), ("train_step", step)):
             times = time_interleaved(functions, repeats, warmup, torch_device, CLOCKS[clock])

@@ -58,10 +58,10 @@ def propagation_flops(
     return 0
 
 
-def predictor_flops(padded_steps: int, real_steps: int, dim: int, hidden: int, num_codes: int) -> int:
-    """Forward FLOPs of the visit GRU (over padded steps) and the output layer (real steps)."""
-    gru = padded_steps * 2 * 3 * (dim * hidden + hidden * hidden)
-    output = real_steps * 2 * hidden * num_codes
+def predictor_flops(steps: int, dim: int, hidden: int, num_codes: int) -> int:
+    """Forward FLOPs of the visit GRU and the output layer over the real (unpadded) steps."""
+    gru = steps * 2 * 3 * (dim * hidden + hidden * hidden)
+    output = steps * 2 * hidden * num_codes
     return gru + output
 
 
@@ -69,15 +69,14 @@ def training_step_flops(
     model: str,
     hierarchy: Hierarchy,
     vocab: np.ndarray,
-    padded_steps: int,
-    real_steps: int,
+    steps: int,
     dim: int,
     attention_dim: int,
     hidden: int,
 ) -> int:
     """Forward + backward FLOPs of one training step: code embedder, visit GRU, output layer."""
     forward = propagation_flops(model, hierarchy, vocab, dim, attention_dim)
-    forward += predictor_flops(padded_steps, real_steps, dim, hidden, len(vocab))
+    forward += predictor_flops(steps, dim, hidden, len(vocab))
     return BACKWARD_FACTOR * forward
 
 

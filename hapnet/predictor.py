@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 if TYPE_CHECKING:
     from hapnet.visits import VisitData
@@ -114,9 +115,11 @@ class NextVisitModel(nn.Module):
         g = self.code_embeddings() if code_embeddings is None else code_embeddings
         bags = F.embedding_bag(batch.input_codes, g, batch.input_offsets, mode="sum")
         visits = torch.tanh(bags).view(batch.num_patients, -1, g.shape[1])
-        # Padding sits after the real steps and the GRU runs forward only, so real states are
-        # unaffected by it: no packing needed.
-        states, _ = self.gru(visits)
+        # Packed, the GRU skips the padding steps (about 5/6 of a batch of MIMIC-like patients).
+        # A patient without steps gets length 1: its state is computed and never selected.
+        lengths = batch.step_mask.sum(1).clamp(min=1).cpu()
+        packed = pack_padded_sequence(visits, lengths, batch_first=True, enforce_sorted=False)
+        states, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=visits.shape[1])
         states = self.dropout(states[batch.step_mask])
         return {name: head(states) for name, head in self.heads.items()}
 

@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from hapnet.allocator import keep_freed_memory
 from hapnet.config import TrainConfig, make_config
 from hapnet.errors import HapnetError
 from hapnet.metrics import AccuracyAtK, frequency_groups
 from hapnet.models import get_model
 from hapnet.ontology import Ontology
 from hapnet.ontology_io import load_ontology
+from hapnet.optim import Adadelta
 from hapnet.predictor import DIAGNOSIS, BatchBuilder, NextVisitModel, next_visit_loss
 from hapnet.visits import VisitData, load_visits
 
@@ -145,9 +147,7 @@ def glove_init(model: NextVisitModel, config: TrainConfig, data: VisitData, trai
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     params = model.parameters()
     if config.optimizer == "adadelta":  # the paper's (Theano defaults: rho 0.95, eps 1e-6)
-        return torch.optim.Adadelta(
-            params, lr=config.lr, rho=0.95, eps=1e-6, weight_decay=config.weight_decay
-        )
+        return Adadelta(params, lr=config.lr, rho=0.95, eps=1e-6, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -285,6 +285,8 @@ def _fit(
 
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # the same large tensors are freed and taken again every step
     ontology, data = load_training_data(config)
     split = split_patients(len(data.patient_ids), config.seed)
     vocab = Vocabulary.from_nodes(np.unique(data.codes), len(ontology))
