@@ -11,6 +11,7 @@ epoch: everything `hapnet train --resume` needs to continue exactly where the ru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -18,7 +19,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,9 @@ from hapnet.errors import HapnetError
 from hapnet.ontology import Ontology
 from hapnet.predictor import NextVisitModel
 
+if TYPE_CHECKING:
+    from hapnet.visits import VisitData
+
 CONFIG, METRICS, HISTORY, VOCAB, CHECKPOINT, EMBEDDINGS = (
     "config.json",
     "metrics.json",
@@ -39,6 +43,7 @@ CONFIG, METRICS, HISTORY, VOCAB, CHECKPOINT, EMBEDDINGS = (
     "code_embeddings.npy",
 )
 RESUME = "resume.pt"
+DATA_FINGERPRINT = "data_fingerprint"  # key in config.json and metrics.json
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -50,6 +55,20 @@ def versions() -> dict[str, str]:
         "pandas": pd.__version__,
         "python": platform.python_version(),
     }
+
+
+def data_fingerprint(data: VisitData) -> str:
+    """sha256 of the loaded data (patient ids, offsets, codes), whatever the files looked like.
+
+    Cheap (one pass over the arrays) and blind to file layout: a re-compressed or re-ordered
+    file with the same visits has the same fingerprint; one changed code does not.
+    """
+    digest = hashlib.sha256()
+    ids = "\x00".join(str(p) for p in data.patient_ids).encode()
+    for part in (ids, data.patient_offsets, data.visit_offsets, data.codes):
+        raw = part if isinstance(part, bytes) else np.ascontiguousarray(part, dtype=np.int64).tobytes()
+        digest.update(len(raw).to_bytes(8, "little") + raw)  # lengths keep the parts apart
+    return digest.hexdigest()
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -142,6 +161,20 @@ class RunWriter:
             return TrainConfig.from_dict(json.loads((self.work / CONFIG).read_text()))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise HapnetError(f"{self.work / CONFIG}: unreadable run configuration ({exc})") from None
+
+    def save_data_fingerprint(self, fingerprint: str) -> None:
+        """Record in config.json which data this run trains on (checked when it is resumed)."""
+        path = self.work / CONFIG
+        write_json(path, {**json.loads(path.read_text()), DATA_FINGERPRINT: fingerprint})
+
+    def check_data_fingerprint(self, fingerprint: str) -> None:
+        """A resumed run must see the data it started with: same split, vocabulary and batches."""
+        saved = json.loads((self.work / CONFIG).read_text()).get(DATA_FINGERPRINT)
+        if saved is not None and saved != fingerprint:  # None: a run started before fingerprints
+            raise HapnetError(
+                f"{self.target}: the data changed since this run started (fingerprint {saved[:12]}, "
+                f"now {fingerprint[:12]}); train again in a new folder"
+            )
 
     def save_resume_state(self, state: dict[str, Any]) -> None:
         """Write resume.pt atomically: a kill at any moment leaves the previous epoch's or this one's."""

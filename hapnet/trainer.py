@@ -281,13 +281,18 @@ def _run(
 def _fit(
     config: TrainConfig, callbacks: TrainCallbacks, writer: Any, state: dict[str, Any] | None = None
 ) -> TrainResult:
-    from hapnet.runs import rng_states, set_rng_states
+    from hapnet.runs import data_fingerprint, rng_states, set_rng_states
 
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     if device.type == "cpu":
         keep_freed_memory()  # the same large tensors are freed and taken again every step
     ontology, data = load_training_data(config)
+    fingerprint = data_fingerprint(data)
+    if writer is not None and state is None:
+        writer.save_data_fingerprint(fingerprint)
+    elif writer is not None:  # other data would continue with another split and vocabulary
+        writer.check_data_fingerprint(fingerprint)
     split = split_patients(len(data.patient_ids), config.seed)
     vocab = Vocabulary.from_nodes(np.unique(data.codes), len(ontology))
     counts = target_counts(data, split.train, vocab.code_to_class, len(vocab))
@@ -393,6 +398,7 @@ def _fit(
         "split": {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)},
         "codes": len(vocab),
         "device": str(device),
+        "data_fingerprint": fingerprint,  # which data the run used (sha256 of the loaded arrays)
     }
     if writer is not None:
         writer.save_model(model, metrics)

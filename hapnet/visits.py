@@ -573,10 +573,12 @@ class _CsvFile:
             else:
                 encoding = "latin-1"
                 warnings.warn(f"{path}: not valid UTF-8, read as latin-1", stacklevel=4)
-                text = sample.decode("latin-1")
+                text = sample.removeprefix(b"\xef\xbb\xbf").decode("latin-1")  # a BOM, then latin-1 bytes
         lines = text.lstrip("\ufeff").splitlines()
         if len(sample) == _SNIFF_BYTES:
             lines = lines[:-1]  # the last line may be cut
+        # a long free-text cell (pyarrow reads up to BLOCK_SIZE a line) must not stop the sample
+        csv.field_size_limit(max(csv.field_size_limit(), _SNIFF_BYTES))
         try:
             rows = list(csv.reader(lines))
         except csv.Error as exc:
@@ -776,16 +778,20 @@ def _parse_times(values: np.ndarray, ids: np.ndarray, source: Path | str, first_
     numbers = pd.to_numeric(text, errors="coerce")
     if numbers[~empty].notna().all():
         return numbers.to_numpy(dtype=np.float64)
-    parsed = pd.to_datetime(text, errors="coerce", format="ISO8601")
-    bad = (parsed.isna().to_numpy()) & ~empty
+    # pandas reads "now" and "today" as the current clock time: never a date of the data.
+    clock = text.str.strip().str.lower().isin(("now", "today")).to_numpy()
+    # utc=True: times with an offset (Z, +01:00) become instants, naive times count as UTC;
+    # without it pandas raises on a column that mixes offsets.
+    parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
+    bad = (parsed.isna().to_numpy() | clock) & ~empty
     if bad.any():
         from pandas.tseries.api import guess_datetime_format
 
         guessed = guess_datetime_format(text[bad].iloc[0])
         if guessed:
-            retry = pd.to_datetime(text[bad], errors="coerce", format=guessed)
+            retry = pd.to_datetime(text[bad], errors="coerce", format=guessed, utc=True)
             parsed = parsed.where(~bad, retry)
-            bad = (parsed.isna().to_numpy()) & ~empty
+            bad = (parsed.isna().to_numpy() | clock) & ~empty
     if bad.any():
         first = int(np.argmax(bad))  # distinct values are in first-appearance order
         row = int(np.argmax(ids == first))
@@ -1015,18 +1021,29 @@ def _read_mimic(admissions_path: Path, diagnoses_path: Path, ontology: Ontology)
     adm = _stream(admissions, adm_cols, typed=("patient", "visit", "time"))
     diag = _stream(diagnoses, diag_cols, typed=("visit",), transform=namespaced if systems else None)
     # hadm ids of both tables in one id space
-    _, (adm_hadm, row_hadm) = _unify(adm["visit"].factorize(), diag["visit"].factorize())
+    hadm_names, (adm_hadm, row_hadm) = _unify(adm["visit"].factorize(), diag["visit"].factorize())
     num_hadm = int(max(adm_hadm.max(initial=-1), row_hadm.max(initial=-1))) + 1
     code_names, row_code = diag["code"].factorize()
 
-    # Admission facts per hadm id (the first row wins if an id repeats).
+    # Admission facts per hadm id (the first row wins if an id repeats). An empty subject_id is
+    # no patient, and an empty hadm_id no admission: their diagnoses are orphans, never a
+    # pseudo-patient "" or one visit merged from unrelated rows.
     patient_names, adm_patient = adm["patient"].factorize()
+    patient_names, adm_patient, _ = _drop_empty_patient(patient_names, adm_patient)
     adm_time = adm["time"].times(admissions.path, first_line=2)
     patient_of_hadm = np.full(num_hadm, -1, dtype=np.int64)
     time_of_hadm = np.full(num_hadm, np.nan)
     patient_of_hadm[adm_hadm[::-1]] = adm_patient[::-1]
     time_of_hadm[adm_hadm[::-1]] = adm_time[::-1]
+    patient_of_hadm[np.flatnonzero(hadm_names == "")] = -1
     row_patient = patient_of_hadm[row_hadm]
+    if not (row_patient >= 0).any():  # else "no known code" would blame the ontology
+        raise InputError(
+            diagnoses.path,
+            f"no diagnosis row belongs to an admission: none of their {len(np.unique(row_hadm)):,} "
+            f"hadm_id values is an admission of {admissions.path.name} with a subject_id "
+            f"(first: {str(hadm_names[row_hadm[0]])!r})",
+        )
     with_diagnoses = np.zeros(num_hadm, dtype=bool)
     with_diagnoses[row_hadm] = True
 

@@ -349,3 +349,64 @@ def test_training_again_does_not_discard_an_interrupted_run(small: dict, tmp_pat
     assert (tmp_path / ".run.partial" / RESUME).is_file()
     result = hapnet.train(out=out, force=True, **{**small, "epochs": 1})  # --force starts over
     assert len(result.history) == 1 and not (tmp_path / ".run.partial").exists()
+
+
+def test_resume_refuses_changed_data_and_accepts_the_same_data_recompressed(
+    small: dict, reference: Path, tmp_path: Path
+):
+    import gzip
+    import shutil
+
+    data = shutil.copy(small["data"], tmp_path / "visits.csv")
+    settings = {**small, "data": str(data)}
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        hapnet.train(out=out, callbacks=StopAt(2), **settings)
+    config = json.loads((tmp_path / ".run.partial" / "config.json").read_text())
+    original = Path(data).read_text()
+    Path(data).write_text(original + "new,1,C000\nnew,2,C001\n")  # one more patient
+    with pytest.raises(HapnetError, match="the data changed since this run started.*new folder"):
+        hapnet.train(resume=out)
+    result = run_cli("train", "--resume", out)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "data changed" in result.output
+    assert (tmp_path / ".run.partial" / RESUME).is_file()  # the checkpoint is kept
+    # the same visits, gzipped under the same name: the fingerprint is of the data, not the file
+    Path(data).write_bytes(gzip.compress(original.encode()))
+    hapnet.train(resume=out)
+    assert_same_run(out, reference)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data_fingerprint"] == config["data_fingerprint"]
+    assert (
+        metrics["data_fingerprint"]
+        == json.loads((reference / "metrics.json").read_text())["data_fingerprint"]
+    )
+    assert len(config["data_fingerprint"]) == 64
+
+
+def test_data_fingerprint_sees_every_array(small: dict):
+    from hapnet.runs import data_fingerprint
+
+    ontology = hapnet.load_ontology(small["ontology"])
+    data = hapnet.visits.load_visits(small["data"], ontology)
+    base = data_fingerprint(data)
+    assert data_fingerprint(data.subset(np.arange(data.num_patients))) == base
+    changed = [
+        data.subset(np.arange(data.num_patients)[::-1]),  # patient order
+        data.subset(np.arange(data.num_patients - 1)),  # one patient fewer
+    ]
+    codes = data.codes.copy()
+    codes[0] += 1
+    changed.append(
+        hapnet.visits.VisitData(
+            ontology, data.patient_ids, data.patient_offsets, data.visit_offsets, codes, data.report
+        )
+    )
+    ids = data.patient_ids.astype(object)
+    ids[0] = "someone else"
+    changed.append(
+        hapnet.visits.VisitData(
+            ontology, ids, data.patient_offsets, data.visit_offsets, data.codes, data.report
+        )
+    )
+    assert len({base, *map(data_fingerprint, changed)}) == 1 + len(changed)
