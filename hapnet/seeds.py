@@ -89,23 +89,37 @@ def train_seeds(
 ) -> SeedsResult:
     """One run per seed under OUT/seed-S, then OUT/summary.json and OUT/summary.md.
 
-    Finished seeds (a complete run folder) are reused, so an interrupted sweep resumes.
+    Finished seeds (a complete run folder) are reused, so an interrupted sweep resumes; a sweep
+    started with other settings or on other data is refused (unless `force`).
     """
-    from hapnet.runs import METRICS, is_run_dir, write_json
-    from hapnet.trainer import resume, train
+    import json
+
+    from hapnet.runs import DATA_FINGERPRINT, METRICS, data_fingerprint, is_run_dir, write_json
+    from hapnet.trainer import load_training_data, resume, train
 
     out = Path(out)
-    if out.exists() and not force and not (out / "seeds.json").exists():
+    manifest = out / "seeds.json"
+    if out.exists() and not force and not manifest.exists():
         raise HapnetError(f"{out}: already exists and is not a seed sweep (use --force to overwrite it)")
+    if manifest.exists() and not force:
+        before = TrainConfig.from_dict(json.loads(manifest.read_text())["config"])
+        if before.to_dict() != {**config.to_dict(), "seed": before.seed}:
+            raise HapnetError(
+                f"{out}: this sweep was started with other settings (use --force to start over)"
+            )
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "seeds.json", {"config": config.to_dict(), "seeds": seeds})
+    write_json(manifest, {"config": config.to_dict(), "seeds": seeds})
+    fingerprint = None  # of the data, computed only if there are finished seeds to reuse
     all_metrics = []
     for seed in seeds:
         run_dir = out / f"seed-{seed}"
         if is_run_dir(run_dir) and (run_dir / METRICS).exists() and not force:
-            import json
-
-            all_metrics.append(json.loads((run_dir / METRICS).read_text()))
+            metrics = json.loads((run_dir / METRICS).read_text())
+            if fingerprint is None:
+                fingerprint = data_fingerprint(load_training_data(config)[1])
+            if metrics.get(DATA_FINGERPRINT, fingerprint) != fingerprint:
+                raise HapnetError(f"{run_dir}: trained on other data (use --force to start the sweep over)")
+            all_metrics.append(metrics)
             continue
         if (run_dir.parent / f".{run_dir.name}.partial" / "resume.pt").exists() and not force:
             result = resume(run_dir, callbacks=callbacks)  # a seed that was interrupted

@@ -2,9 +2,13 @@
 
 Not noise: the data has the structure that makes the hierarchy worth using.
 - Latent conditions live at CATEGORY level (the parent of the observable codes), with Zipf-like
-  prevalence. A condition emits codes from its category, Zipf-like within the category, so rare
-  codes co-occur with their frequent siblings and the hierarchy carries signal for them.
-- Chronic conditions recur across visits with the same specific code; acute ones come and go.
+  prevalence. A condition emits codes from its category, Zipf-like within the category (only the
+  first `codes_per_category` codes of a category are in use, as in real data most ICD codes are
+  never coded), so rare codes co-occur with their frequent siblings and the hierarchy carries
+  signal for them.
+- Chronic conditions recur across visits, sometimes with the same specific code, more often with
+  another code of their category (a complication, a more specific diagnosis): the category is
+  what persists. Acute ones come and go.
 - Progression: a condition may lead, at a later visit, to a related category (a sibling under
   the same parent, or a cousin when the category has no sibling): half the time the category's
   fixed successor, otherwise a random relative.
@@ -18,7 +22,9 @@ Everything is numpy over whole blocks of patients (no Python loop per patient, v
 A block of `BLOCK_PATIENTS` patients draws from its own seed, so the output for a seed is the
 same however it is consumed (`generate` builds a DataFrame, `write_synth` streams to disk).
 Defaults are calibrated so that 7,500 patients on icd9-ccs look like MIMIC-III: about 20k visits,
-4.9k distinct codes and 13 codes per visit.
+4.9k distinct codes and 13 codes per visit; and, as in the MIMIC-III demo, most next-visit codes
+of the frequent groups were seen before by the patient (~70%), while for the rarest group it is
+about a quarter exact repeats, a third siblings of earlier codes and the rest new.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ BLOCK_PATIENTS = 50_000  # patients per independently seeded block (part of the 
 DATA_FILE = "visits.csv.gz"
 MANIFEST = "synth.json"
 FORMAT_VERSION = 1
+GENERATOR_VERSION = 2  # bumped whenever the same settings and seed give other data
 _EPOCH_DAY = np.datetime64("2000-01-01", "D")  # synthetic dates are days after this
 _EPOCH_DAY_UNIX = int((_EPOCH_DAY - np.datetime64("1970-01-01", "D")).astype(np.int64))
 
@@ -55,7 +62,8 @@ class SynthSettings:
 
     category_zipf: float = 1.2  # prevalence of categories by (random) rank: (rank+1+offset)^-a
     category_offset: float = 40.0  # Zipf-Mandelbrot offset: flattens the head of the categories
-    code_zipf: float = 2.0  # frequency of codes within a category by (random) rank
+    code_zipf: float = 1.0  # frequency of codes within a category by (random) rank
+    codes_per_category: int = 16  # codes in use per category (the rest never occur); 0 = all
     extra_visits_mean: float = 0.66  # visits per patient = 2 + negative binomial with this mean
     extra_visits_shape: float = 0.25  # smaller = heavier tail of frequent visitors
     max_visits: int = 40
@@ -63,14 +71,15 @@ class SynthSettings:
     chronic_fraction: float = 0.5
     onset_at_first_visit: float = 0.6  # else the condition starts at a random later visit
     chronic_presence: float = 0.85  # chance a chronic condition shows in a later visit
+    chronic_same_code: float = 0.3  # chance it shows as its own code (else another of its category)
     acute_presence: float = 0.25  # chance an acute condition shows again after its onset
     chronic_extra_codes: float = 1.5  # Poisson codes from the category besides the chronic code
     acute_codes: float = 2.5  # Poisson codes from the category besides the first one
     progression: float = 0.35  # chance a condition leads to a related category later
     successor_share: float = 0.5  # share of progressions to the category's fixed successor
-    comorbidities_mean: float = 3.0  # frequent codes that stay with a patient (Poisson)
-    comorbidity_presence: float = 0.7  # chance a comorbidity shows in a visit
-    background_codes: float = 6.4  # incidental codes per visit from the population (Poisson)
+    comorbidities_mean: float = 5.5  # frequent codes that stay with a patient (Poisson)
+    comorbidity_presence: float = 0.92  # chance a comorbidity shows in a visit
+    background_codes: float = 2.0  # incidental codes per visit from the population (Poisson)
     background_sharpness: float = 1.7  # > 1 concentrates background codes on frequent ones
     min_codes: int = 5
     max_codes: int = 30
@@ -112,6 +121,8 @@ class _Universe:
         cat_offsets = np.concatenate([[0], np.cumsum(cat_sizes)])
         rank = np.arange(len(leaves)) - cat_offsets[cat_of_leaf]
         within = (rank + 1.0) ** -settings.code_zipf
+        if settings.codes_per_category > 0:
+            within[rank >= settings.codes_per_category] = 0.0
         within_total = np.bincount(cat_of_leaf, weights=within, minlength=num_categories)
         within_norm = within / within_total[cat_of_leaf]
         running = np.cumsum(within_norm)
@@ -257,7 +268,12 @@ def _generate_block(
     drawn = extra + (~pair_chronic)
     draw_pair, _ = _ranges(drawn)
     drawn_codes = universe.sample_in_category(rng, cond_category[pair_cond[draw_pair]])
+    # A chronic condition shows its own code, or (a complication, a more specific diagnosis)
+    # another code of its category: the category, not the code, is what persists.
     chronic_pairs = np.flatnonzero(pair_chronic)
+    varied = rng.random(len(chronic_pairs)) >= s.chronic_same_code
+    chronic_shown = chronic_code[pair_cond[chronic_pairs]]
+    chronic_shown[varied] = universe.sample_in_category(rng, cond_category[pair_cond[chronic_pairs[varied]]])
 
     # Comorbidities: frequent codes of the population that stay with a patient (hypertension,
     # diabetes...) and show in most of their visits.
@@ -281,7 +297,7 @@ def _generate_block(
     )
     row_code = np.concatenate(
         [
-            chronic_code[pair_cond[chronic_pairs]],
+            chronic_shown,
             drawn_codes,
             comorbid_code[comorbid_pair],
             universe.sample_background(rng, int(n_background.sum())),
@@ -440,6 +456,7 @@ def write_synth(
         manifest = {
             "format": "hapnet-synth",
             "version": FORMAT_VERSION,
+            "generator": GENERATOR_VERSION,
             "file": DATA_FILE,
             "columns": ["patient", "visit", "time", "code"],
             "ontology": ontology.name,

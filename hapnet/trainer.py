@@ -66,10 +66,11 @@ def target_counts(
 def default_data_path(ontology_source: str, patients: int, seed: int = 0) -> Path:
     """The built-in synthetic data set, generated once into the cache folder."""
     from hapnet.ontology_io import cache_dir
-    from hapnet.synth import write_synth
+    from hapnet.synth import GENERATOR_VERSION, write_synth
 
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(ontology_source).name)
-    path = cache_dir() / f"synth-{safe}-{patients}-seed{seed}"
+    # The generator version is in the name: a newer hapnet never trains on an older cached set.
+    path = cache_dir() / f"synth-v{GENERATOR_VERSION}-{safe}-{patients}-seed{seed}"
     if not path.exists():
         write_synth(path, ontology=ontology_source, patients=patients, seed=seed)
     return path
@@ -127,7 +128,7 @@ def build_model(config: TrainConfig, ontology: Ontology, vocab: Vocabulary) -> N
 
 def glove_init(model: NextVisitModel, config: TrainConfig, data: VisitData, train: np.ndarray) -> None:
     """GloVe on the training visits: codes only (RNN+/Rollup+) or codes and ancestors (HAP/GRAM)."""
-    from hapnet.glove import cooccurrence, train_glove
+    from hapnet.glove import cooccurrence
     from hapnet.hierarchy import ancestor_sets
 
     spec = get_model(config.model)
@@ -140,8 +141,40 @@ def glove_init(model: NextVisitModel, config: TrainConfig, data: VisitData, trai
         ancestors = None
     subset = data.subset(train)
     cooc = cooccurrence(subset.visit_offsets, subset.codes, len(ontology), ancestors)
-    vectors = train_glove(cooc, config.dim, epochs=config.glove_epochs, seed=config.seed)
-    model.embedder.init_base(vectors)
+    model.embedder.init_base(cached_glove(cooc, config.dim, config.glove_epochs, config.seed))
+
+
+def cached_glove(cooc: Any, dim: int, epochs: int, seed: int) -> torch.Tensor:
+    """GloVe vectors of a co-occurrence matrix, cached by its content and the settings.
+
+    HAP and GRAM at the same levels (or a re-run, or a resumed sweep) share one GloVe: in a paper
+    reproduction it is most of the time spent before the first epoch.
+    """
+    import hashlib
+
+    import scipy.sparse as sp
+
+    from hapnet.glove import train_glove
+    from hapnet.ontology_io import cache_dir
+    from hapnet.textio import atomic_path
+
+    coo = sp.coo_matrix(cooc)
+    digest = hashlib.sha256(f"glove-v1 {coo.shape} {dim} {epochs} {seed}".encode())
+    for part in (coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data.astype(np.float64)):
+        digest.update(part.tobytes())
+    path = cache_dir() / "glove" / f"{digest.hexdigest()[:32]}.npy"
+    if path.exists():
+        try:
+            return torch.from_numpy(np.load(path))
+        except (OSError, ValueError):  # a damaged cache file: compute again
+            pass
+    vectors = train_glove(cooc, dim, epochs=epochs, seed=seed)
+    try:
+        with atomic_path(path, overwrite=True) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, vectors.numpy())
+    except OSError:  # a read-only cache folder only costs the next run the time
+        pass
+    return vectors
 
 
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -155,3 +155,19 @@ def test_glove_nodes_that_never_cooccur_keep_their_small_initialisation() -> Non
     assert torch.equal(first[29], second[29])  # untouched: the same draw from the same seed
     assert first[29].abs().max() <= 1 / 8
     assert not torch.equal(first[0], second[0])
+
+
+def test_cached_glove_reuses_the_same_problem_only(tmp_path, monkeypatch):
+    from hapnet import glove, trainer
+
+    monkeypatch.setenv("HAPNET_CACHE_DIR", str(tmp_path))
+    calls = []
+    real = glove.train_glove
+    monkeypatch.setattr(glove, "train_glove", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
+    first = trainer.cached_glove(random_cooccurrence(0), 8, 2, seed=1)
+    again = trainer.cached_glove(random_cooccurrence(0), 8, 2, seed=1)
+    assert torch.equal(first, again) and calls == [1]  # the second came from the cache
+    assert torch.equal(first, real(random_cooccurrence(0), 8, epochs=2, seed=1))
+    trainer.cached_glove(random_cooccurrence(0), 8, 2, seed=2)  # another seed
+    trainer.cached_glove(random_cooccurrence(1), 8, 2, seed=1)  # other counts
+    assert calls == [1, 2, 1] and len(list((tmp_path / "glove").glob("*.npy"))) == 3

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -181,6 +182,30 @@ def test_seeds_give_a_mean_std_table(tmp_path: Path, synth_dir: Path):
     assert "±" in (out / "summary.md").read_text()
     seeds = [json.loads((out / f"seed-{s}" / "metrics.json").read_text())["seed"] for s in (0, 1)]
     assert seeds == [0, 1]
+
+    # Run again: the finished seeds are reused as they are.
+    stamp = (out / "seed-0" / "metrics.json").stat().st_mtime_ns
+    assert (
+        run_cli(
+            "train", "--data", synth_dir, "--model", "rnn", *TINY, "--seeds", "0-1", "--out", out
+        ).exit_code
+        == 0
+    )
+    assert (out / "seed-0" / "metrics.json").stat().st_mtime_ns == stamp
+    # Other settings, or other data under the same name, are refused: no mixed table.
+    other = run_cli("train", "--data", synth_dir, "--model", "gram", *TINY, "--seeds", "0-1", "--out", out)
+    assert other.exit_code == 2 and "other settings" in other.output
+    changed = tmp_path / "changed.csv"
+    frame = pd.read_csv(synth_dir / "visits.csv.gz", dtype=str)
+    frame.iloc[:-40].to_csv(changed, index=False)  # the last patients are gone
+    sweep = json.loads((out / "seeds.json").read_text())
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    (moved / "seeds.json").write_text(
+        json.dumps({**sweep, "config": {**sweep["config"], "data": str(changed)}})
+    )
+    result = run_cli("train", "--data", changed, "--model", "rnn", *TINY, "--seeds", "0-1", "--out", moved)
+    assert result.exit_code == 2 and "other data" in result.output, result.output
 
 
 @pytest.mark.parametrize(
