@@ -41,7 +41,8 @@ def user_errors(command: F) -> F:
 
 
 def loss_progress(label: str) -> Progress:
-    """A transient progress bar showing the running loss (training epochs, embedding training)."""
+    """A transient progress bar showing the running loss (training epochs, embedding training).
+    Off when the output is not a terminal: a log file gets the epoch rows only."""
     return Progress(
         TextColumn(label),
         BarColumn(),
@@ -50,4 +51,5 @@ def loss_progress(label: str) -> Progress:
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,
     )
