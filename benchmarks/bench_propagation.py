@@ -1,7 +1,7 @@
 """Time the HAP and GRAM code embedders, forward + backward, on the built-in ontologies.
 
     python benchmarks/bench_propagation.py [--repeats 7] [--only icd10cm] [--threads 1]
-                                           [--clock cpu] [--profile]
+                                           [--clock cpu] [--profile] [--compile]
 
 Cases: icd9-ccs at d=400 / a=100 (the paper's setting) and the full icd10cm at d=256 / a=100.
 Vocab = every leaf code (the worst case: every code observable), and a random 20% of the leaves
@@ -10,6 +10,7 @@ median over repeats after two warm-up runs, in ms, and for HAP the matrix-produc
 FLOPs of its W_q / W_k projections (forward + backward = 3 x forward) at this machine's measured
 matmul speed, i.e. what the rest of the time is spent beyond the unavoidable matrix products.
 `--clock cpu` measures process CPU time (steadier than wall time when the machine is shared).
+`--compile` also times `torch.compile(embedder)` (inductor) in the same run, with its compile time.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--clock", choices=list(CLOCKS), default="wall")
     parser.add_argument("--profile", action="store_true", help="torch.profiler table for HAP, all leaves")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(embedder)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,6 +112,18 @@ def main() -> None:
                     f"{floor}  (build {build:.2f} s)",
                     flush=True,
                 )
+                if args.compile:
+                    started = time.perf_counter()
+                    compiled = torch.compile(embedder)
+                    compiled().backward(torch.randn(len(vocab), dim))  # compiles forward and backward
+                    took = time.perf_counter() - started
+                    c = time_model(compiled, len(vocab), dim, args.repeats, CLOCKS[args.clock])
+                    print(
+                        f"       torch.compile: fwd {c['fwd']:6.0f}  bwd {c['bwd']:6.0f}  "
+                        f"fwd+bwd {c['total']:6.0f} ms = {r['total'] / c['total']:.2f}x eager "
+                        f"(compile {took:.0f} s)",
+                        flush=True,
+                    )
         if args.profile:
             embedder = get_model("hap").embedder(hierarchy, leaves, config)
             grad_out = torch.randn(len(leaves), dim)

@@ -114,7 +114,10 @@ def reproduce(
         typer.Option(help="Subset, e.g. hap,gram,rnn+ (default: all ten, keys above)."),
     ] = None,
     ontology: Annotated[str, typer.Option(help="Built-in ontology name or ontology file.")] = "icd9-ccs",
-    epochs: Annotated[int | None, typer.Option(help="Override the paper's 50 epochs.")] = None,
+    preset: Annotated[
+        str, typer.Option(help="paper: the paper's settings; default: hapnet train's defaults.")
+    ] = "paper",
+    epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs (paper: 50).")] = None,
     dim: Annotated[int | None, typer.Option(help="Override d = 400.")] = None,
     hidden: Annotated[int | None, typer.Option(help="Override GRU hidden = 400.")] = None,
     attention_dim: Annotated[int | None, typer.Option("--attention-dim", help="Override a = 100.")] = None,
@@ -144,6 +147,7 @@ def reproduce(
         seeds=parse_seeds(seeds),
         configs=configs,
         ontology=ontology,
+        preset=preset,
         epochs=epochs,
         dim=dim,
         hidden=hidden,

@@ -98,7 +98,9 @@ def train(
     pretrain: Annotated[
         str, typer.Option(help="glove or none (glove + rnn/rollup = the paper's RNN+/Rollup+).")
     ] = "none",
-    preset: Annotated[str | None, typer.Option(help="`paper`: the paper's exact settings.")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="`paper`: the paper's exact settings; `default`: the defaults below.")
+    ] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     dim: Annotated[int | None, typer.Option(help="Code embedding size d.")] = None,

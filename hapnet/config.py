@@ -78,8 +78,11 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-# The HAP paper's exact settings (algorithms.md, "Paper training").
+# "paper": the HAP paper's exact settings (algorithms.md, "Paper training"); "default": hapnet's
+# own defaults (the TrainConfig fields), named so that `hapnet reproduce --preset default` can ask
+# for them.
 PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
     "paper": {
         "dim": 400,
         "hidden": 400,

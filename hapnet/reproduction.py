@@ -106,6 +106,7 @@ def reproduce(
     seeds: list[int] | None = None,
     configs: str | list[str] | None = None,
     ontology: str = "icd9-ccs",
+    preset: str = "paper",
     epochs: int | None = None,
     dim: int | None = None,
     hidden: int | None = None,
@@ -116,7 +117,7 @@ def reproduce(
     callbacks: Any = None,
     on_config: Any = None,
 ) -> dict[str, Any]:
-    """Train the paper's configurations (`make_config(preset="paper")` + overrides) over the seeds
+    """Train the paper's configurations (`make_config(preset=preset)` + overrides) over the seeds
     and write OUT/reproduce.md and OUT/reproduce.json. Returns the JSON's content.
 
     `on_config(paper_config, index, count, done)` is called before each configuration (progress;
@@ -136,6 +137,7 @@ def reproduce(
     settings = {
         "data": str(data_path.resolve()),
         "ontology": ontology,
+        "preset": preset,
         "epochs": epochs,
         "dim": dim,
         "hidden": hidden,
@@ -148,7 +150,6 @@ def reproduce(
     sweep_configs = []
     for paper in chosen:
         config = make_config(
-            preset="paper",
             model=paper.model,
             levels=paper.levels,
             pretrain=paper.pretrain,

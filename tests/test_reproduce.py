@@ -85,3 +85,23 @@ def test_reproduce_refuses_a_folder_it_did_not_write(synth_dir: Path, tmp_path: 
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
     result = run_cli("reproduce", "--data", tmp_path / "missing", "-o", tmp_path / "r", *TINY)
     assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_reproduce_with_hapnet_defaults(synth_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "repro"
+    result = run_cli(
+        "reproduce", "--data", synth_dir, "-o", out, "--configs", "rnn", "--preset", "default", *TINY
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "rnn" / "seed-0" / "config.json").read_text())
+    config = config.get("config", config)
+    assert (config["preset"], config["optimizer"], config["loss"], config["lr"], config["dim"]) == (
+        "default",
+        "adam",
+        "softmax",
+        2e-3,
+        8,
+    )
+    wrong = run_cli("reproduce", "--data", synth_dir, "-o", tmp_path / "r2", "--preset", "fast", *TINY)
+    assert wrong.exit_code == 2 and "unknown preset 'fast'" in wrong.output
+    assert not (tmp_path / "r2").exists()
