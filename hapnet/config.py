@@ -39,6 +39,7 @@ class TrainConfig:
     columns: dict[str, str] | None = None
     synth_patients: int = 7500  # MIMIC-III-sized; size of the built-in synthetic data when data is None
     glove_epochs: int = 50
+    compile_embedder: bool = False  # torch.compile the code embedder (on CPU it needs a C++ compiler)
     preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
