@@ -99,6 +99,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Where and how fast a run computes, not what it computes: a sweep may mix them.
+RUNTIME_SETTINGS = ("seed", "device", "compile_embedder")
+
+
+def differing_settings(before: dict[str, Any], now: TrainConfig) -> list[str]:
+    """Settings (beyond seed, device, compile) in which a saved config differs from `now`;
+    fields missing from an older saved config count as their defaults."""
+    saved, current = TrainConfig.from_dict(before).to_dict(), now.to_dict()
+    return sorted(k for k in current if k not in RUNTIME_SETTINGS and saved.get(k) != current[k])
+
+
 def make_config(preset: str | None = None, **settings: Any) -> TrainConfig:
     """A config from a preset, overridden by the settings that are not None."""
     values: dict[str, Any] = {}

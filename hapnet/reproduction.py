@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hapnet.config import TrainConfig, differing_settings
 from hapnet.errors import HapnetError
 
 SETTINGS_FILE = "reproduce-settings.json"
@@ -69,24 +70,16 @@ def select_configs(keys: str | list[str] | None) -> list[PaperConfig]:
     return [c for c in PAPER_CONFIGS if c.key in wanted]
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A sweep's settings without what may change between resumed runs (seed, device)."""
-    return {k: v for k, v in config.items() if k not in ("seed", "device")}
-
-
-def _check_resumable(folder: Path, config: dict[str, Any], force: bool) -> None:
+def _check_resumable(folder: Path, config: TrainConfig, force: bool) -> None:
     """Refuse to mix runs of different settings in one sweep folder."""
-    from hapnet.runs import CONFIG
-
     seeds_file = folder / "seeds.json"
     if force or not seeds_file.exists():
         return
-    before = json.loads(seeds_file.read_text()).get("config", {})
-    if _comparable(before) != _comparable(config):
-        changed = sorted(k for k in _comparable(config) if before.get(k) != config.get(k))
+    changed = differing_settings(json.loads(seeds_file.read_text()).get("config", {}), config)
+    if changed:
         raise HapnetError(
             f"{folder}: holds runs with other settings ({', '.join(changed)} differ, see {seeds_file.name} "
-            f"and */{CONFIG}); use another -o folder or --force"
+            f"and */config.json); use another -o folder or --force"
         )
 
 
@@ -155,7 +148,7 @@ def reproduce(
             pretrain=paper.pretrain,
             **settings,
         )
-        _check_resumable(out / paper.key, config.to_dict(), force)
+        _check_resumable(out / paper.key, config, force)
         sweep_configs.append((paper, config))
     out.mkdir(parents=True, exist_ok=True)
     write_json(

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from hapnet.config import TrainConfig
+from hapnet.config import TrainConfig, differing_settings
 from hapnet.errors import HapnetError
 from hapnet.metrics import NUM_GROUPS
 
@@ -102,10 +102,11 @@ def train_seeds(
     if out.exists() and not force and not manifest.exists():
         raise HapnetError(f"{out}: already exists and is not a seed sweep (use --force to overwrite it)")
     if manifest.exists() and not force:
-        before = TrainConfig.from_dict(json.loads(manifest.read_text())["config"])
-        if before.to_dict() != {**config.to_dict(), "seed": before.seed}:
+        changed = differing_settings(json.loads(manifest.read_text())["config"], config)
+        if changed:
             raise HapnetError(
-                f"{out}: this sweep was started with other settings (use --force to start over)"
+                f"{out}: this sweep was started with other settings ({', '.join(changed)} differ; "
+                "use --force to start over)"
             )
     out.mkdir(parents=True, exist_ok=True)
     write_json(manifest, {"config": config.to_dict(), "seeds": seeds})

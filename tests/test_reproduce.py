@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 import hapnet
 from hapnet.cli.main import app
+from hapnet.config import differing_settings, make_config
 from hapnet.errors import HapnetError
 from hapnet.reproduction import PAPER_CONFIGS, PUBLISHED, finished_seeds, select_configs
 from hapnet.synth import write_synth
@@ -105,3 +106,13 @@ def test_reproduce_with_hapnet_defaults(synth_dir: Path, tmp_path: Path) -> None
     wrong = run_cli("reproduce", "--data", synth_dir, "-o", tmp_path / "r2", "--preset", "fast", *TINY)
     assert wrong.exit_code == 2 and "unknown preset 'fast'" in wrong.output
     assert not (tmp_path / "r2").exists()
+
+
+def test_settings_that_matter_for_resuming_a_sweep() -> None:
+    config = make_config(model="hap", dim=8)
+    saved = config.to_dict()
+    del saved["compile_embedder"]  # a folder written before the field existed
+    saved.update(device="cuda", seed=3)  # where a run computes is not a setting of the sweep
+    assert differing_settings(saved, config) == []
+    saved.update(dim=16, lr=1.0)
+    assert differing_settings(saved, config) == ["dim", "lr"]
