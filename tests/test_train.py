@@ -121,27 +121,20 @@ def test_same_seed_same_metrics(synth_dir: Path):
     assert [r["train_loss"] for r in first.history] == [r["train_loss"] for r in second.history]
 
 
-@pytest.mark.slow
-def test_compiled_embedder_trains_like_the_eager_one(synth_dir: Path, tmp_path: Path):
-    """--compile changes the speed, not the model: same losses (to float rounding), same weights' keys."""
-    settings = dict(
-        model="hap", data=str(synth_dir), epochs=2, dim=8, hidden=8, attention_dim=4, device="cpu"
+def test_compile_option_compiles_the_embedder_in_place(synth_dir: Path, tmp_path: Path, monkeypatch):
+    """--compile reaches the trainer, which compiles the embedder only (its graph is static).
+    That compiling changes nothing is tested in test_models (compiled vs eager)."""
+    compiled = []
+    monkeypatch.setattr(
+        torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__)
     )
-    eager = hapnet.train(**settings, out=tmp_path / "eager")
     result = run_cli(
-        "train", "--data", synth_dir, "--epochs", "2", "--dim", "8", "--hidden", "8", "--attention-dim", "4",
-        "--device", "cpu", "--compile", "--out", tmp_path / "compiled",
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    metrics = json.loads((tmp_path / "compiled" / "metrics.json").read_text())
-    assert metrics["test"]["loss"] == pytest.approx(eager.metrics["test"]["loss"], rel=1e-4)
-    config = json.loads((tmp_path / "compiled" / "config.json").read_text())
-    assert config.get("config", config)["compile_embedder"] is True
-    compiled_state, eager_state = (
-        torch.load(tmp_path / name / "checkpoint.pt", weights_only=True) for name in ("compiled", "eager")
+        "train", "--data", synth_dir, *TINY, "--epochs", "1", "--compile", "--out", tmp_path / "c"
     )
-    assert list(compiled_state) == list(eager_state)  # no "_orig_mod." prefixes
-    hapnet.load(tmp_path / "compiled")  # loads into an eager model
+    assert result.exit_code == 0, result.output
+    assert compiled == ["HAPEmbedder"]
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert config.get("config", config)["compile_embedder"] is True
 
 
 def upper_case_mimic3(target: Path) -> Path:
