@@ -1,7 +1,7 @@
 """Benchmark: one training epoch at the paper's settings on MIMIC-III-sized synthetic data,
 against its arithmetic floor (FLOPs / this machine's measured matmul speed).
 
-    python benchmarks/bench_epoch.py [--model hap] [--patients 7500] [--epochs 2] [--compile]
+    python benchmarks/bench_epoch.py [--model hap] [--patients 7500] [--epochs 2]
 
 Prints the data shape, seconds per epoch (the last epoch, after warm-up), the epoch's FLOPs,
 the floor, and the ratio. Not a test: run it by hand and record the figures.
@@ -30,7 +30,6 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=7500)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--preset", default="paper")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the embedder")
     args = parser.parse_args()
 
     data_path = default_data_path(args.ontology, args.patients)
@@ -41,7 +40,6 @@ def main() -> None:
         data=str(data_path),
         epochs=args.epochs,
         device="cpu",
-        compile_embedder=args.compile,
     )
     ontology = hapnet.load_ontology(args.ontology)
     data = load_visits(data_path, ontology)

@@ -125,14 +125,6 @@ def train(
     synth_patients: Annotated[
         int | None, typer.Option("--synth-patients", help="Size of the built-in synthetic data.")
     ] = None,
-    compile_embedder: Annotated[
-        bool,
-        typer.Option(
-            "--compile/--no-compile",
-            help="torch.compile the code embedder: ~1.4-2x faster HAP propagation after 1-3 min of "
-            "compiling (CPU: needs a C++ compiler). Worth it for long runs.",
-        ),
-    ] = False,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run folder (default runs/MODEL-TIME).")
     ] = None,
@@ -178,7 +170,6 @@ def train(
         unknown=unknown,
         columns=parse_columns(columns),
         synth_patients=synth_patients,
-        compile_embedder=compile_embedder or None,
     )
     name = run_name(config)
     out = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -39,7 +39,6 @@ class TrainConfig:
     columns: dict[str, str] | None = None
     synth_patients: int = 7500  # MIMIC-III-sized; size of the built-in synthetic data when data is None
     glove_epochs: int = 50
-    compile_embedder: bool = False  # torch.compile the code embedder (on CPU it needs a C++ compiler)
     preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -99,12 +98,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# Where and how fast a run computes, not what it computes: a sweep may mix them.
-RUNTIME_SETTINGS = ("seed", "device", "compile_embedder")
+# Where a run computes, not what it computes: a sweep may mix them.
+RUNTIME_SETTINGS = ("seed", "device")
 
 
 def differing_settings(before: dict[str, Any], now: TrainConfig) -> list[str]:
-    """Settings (beyond seed, device, compile) in which a saved config differs from `now`;
+    """Settings (beyond seed and device) in which a saved config differs from `now`;
     fields missing from an older saved config count as their defaults."""
     saved, current = TrainConfig.from_dict(before).to_dict(), now.to_dict()
     return sorted(k for k in current if k not in RUNTIME_SETTINGS and saved.get(k) != current[k])

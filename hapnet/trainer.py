@@ -336,8 +336,6 @@ def _fit(
     if config.pretrain == "glove" and state is None:  # a resumed run loads its trained weights
         glove_init(model, config, data, split.train)
     model.to(device)
-    if config.compile_embedder:  # in place: the state_dict keys stay those of the eager model
-        model.embedder.compile()
     optimizer = make_optimizer(config, model)
     builder = BatchBuilder(data, vocab.code_to_class)
 

@@ -300,29 +300,6 @@ def test_bf16_autocast_runs_and_stays_close(name: str) -> None:
         assert torch.allclose(low.float(), model(), rtol=0.05, atol=0.02)
 
 
-@pytest.mark.slow
-def test_compiled_hap_equals_eager_values_and_gradients() -> None:
-    """`hapnet train --compile` compiles the embedder in place (inductor): same values, same
-    gradients as eager, and the same state_dict keys."""
-    onto = Ontology.from_edges(
-        "small", [("", "A"), ("", "B"), ("A", "a"), ("A", "b"), ("B", "b"), ("B", "c")]
-    )
-    vocab = np.array([onto.index(c) for c in ("a", "b", "c")])
-    torch.manual_seed(0)
-    eager = HAPEmbedder(onto.compile(), vocab, SMALL)
-    compiled = HAPEmbedder(onto.compile(), vocab, SMALL)
-    compiled.load_state_dict(eager.state_dict())
-    compiled.compile()
-    assert list(compiled.state_dict()) == list(eager.state_dict())
-    out, ref = compiled(), eager()
-    assert torch.allclose(out, ref, atol=1e-6)
-    weights = torch.randn_like(ref)
-    (out * weights).sum().backward()
-    (ref * weights).sum().backward()
-    for (name, p), q in zip(compiled.named_parameters(), eager.parameters(), strict=True):
-        assert torch.allclose(p.grad, q.grad, atol=1e-5), name
-
-
 # ----------------------------------------------------------------------------- registry and basics
 def test_registry_models_build_and_train_one_step() -> None:
     onto = random_dag(0)

@@ -121,22 +121,6 @@ def test_same_seed_same_metrics(synth_dir: Path):
     assert [r["train_loss"] for r in first.history] == [r["train_loss"] for r in second.history]
 
 
-def test_compile_option_compiles_the_embedder_in_place(synth_dir: Path, tmp_path: Path, monkeypatch):
-    """--compile reaches the trainer, which compiles the embedder only (its graph is static).
-    That compiling changes nothing is tested in test_models (compiled vs eager)."""
-    compiled = []
-    monkeypatch.setattr(
-        torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__)
-    )
-    result = run_cli(
-        "train", "--data", synth_dir, *TINY, "--epochs", "1", "--compile", "--out", tmp_path / "c"
-    )
-    assert result.exit_code == 0, result.output
-    assert compiled == ["HAPEmbedder"]
-    config = json.loads((tmp_path / "c" / "config.json").read_text())
-    assert config.get("config", config)["compile_embedder"] is True
-
-
 def upper_case_mimic3(target: Path) -> Path:
     target.mkdir()
     for name in ("ADMISSIONS", "DIAGNOSES_ICD"):
