@@ -8,12 +8,10 @@ published numbers (algorithms.md, HAP paper Table 3).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hapnet.config import TrainConfig, differing_settings
 from hapnet.errors import HapnetError
 
 SETTINGS_FILE = "reproduce-settings.json"
@@ -70,19 +68,6 @@ def select_configs(keys: str | list[str] | None) -> list[PaperConfig]:
     return [c for c in PAPER_CONFIGS if c.key in wanted]
 
 
-def _check_resumable(folder: Path, config: TrainConfig, force: bool) -> None:
-    """Refuse to mix runs of different settings in one sweep folder."""
-    seeds_file = folder / "seeds.json"
-    if force or not seeds_file.exists():
-        return
-    changed = differing_settings(json.loads(seeds_file.read_text()).get("config", {}), config)
-    if changed:
-        raise HapnetError(
-            f"{folder}: holds runs with other settings ({', '.join(changed)} differ, see {seeds_file.name} "
-            f"and */config.json); use another -o folder or --force"
-        )
-
-
 def finished_seeds(folder: Path, seeds: list[int]) -> list[int]:
     """Seeds of a sweep folder whose run is complete (what `train_seeds` will not repeat)."""
     from hapnet.runs import METRICS, is_run_dir
@@ -118,7 +103,7 @@ def reproduce(
     """
     from hapnet.config import make_config
     from hapnet.runs import write_json
-    from hapnet.seeds import markdown_table, train_seeds
+    from hapnet.seeds import check_sweep_settings, markdown_table, train_seeds
     from hapnet.textio import atomic_path
 
     seeds = [0, 1, 2, 3, 4] if seeds is None else seeds
@@ -148,7 +133,8 @@ def reproduce(
             pretrain=paper.pretrain,
             **settings,
         )
-        _check_resumable(out / paper.key, config, force)
+        if not force:  # before any training: a clash in the last configuration stops the first
+            check_sweep_settings(out / paper.key, config)
         sweep_configs.append((paper, config))
     out.mkdir(parents=True, exist_ok=True)
     write_json(

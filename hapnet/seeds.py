@@ -84,6 +84,26 @@ class SeedsResult:
         return markdown_table([(name, self.summary)])
 
 
+SWEEP_MANIFEST = "seeds.json"
+
+
+def check_sweep_settings(out: Path, config: TrainConfig) -> None:
+    """Refuse to add runs of `config` to a sweep folder whose runs have other settings."""
+    import json
+
+    from hapnet.runs import CONFIG
+
+    manifest = out / SWEEP_MANIFEST
+    if not manifest.exists():
+        return
+    changed = differing_settings(json.loads(manifest.read_text()).get("config", {}), config)
+    if changed:
+        raise HapnetError(
+            f"{out}: holds runs with other settings ({', '.join(changed)} differ, see {SWEEP_MANIFEST} "
+            f"and */{CONFIG}); use another folder or --force"
+        )
+
+
 def train_seeds(
     config: TrainConfig, seeds: list[int], out: str | Path, *, force: bool = False, callbacks: Any = None
 ) -> SeedsResult:
@@ -98,16 +118,11 @@ def train_seeds(
     from hapnet.trainer import load_training_data, resume, train
 
     out = Path(out)
-    manifest = out / "seeds.json"
+    manifest = out / SWEEP_MANIFEST
     if out.exists() and not force and not manifest.exists():
         raise HapnetError(f"{out}: already exists and is not a seed sweep (use --force to overwrite it)")
-    if manifest.exists() and not force:
-        changed = differing_settings(json.loads(manifest.read_text())["config"], config)
-        if changed:
-            raise HapnetError(
-                f"{out}: this sweep was started with other settings ({', '.join(changed)} differ; "
-                "use --force to start over)"
-            )
+    if not force:
+        check_sweep_settings(out, config)
     out.mkdir(parents=True, exist_ok=True)
     write_json(manifest, {"config": config.to_dict(), "seeds": seeds})
     fingerprint = None  # of the data, computed only if there are finished seeds to reuse
