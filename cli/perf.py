@@ -122,6 +122,9 @@ def reproduce(
     hidden: Annotated[int | None, typer.Option(help="Override GRU hidden = 400.")] = None,
     attention_dim: Annotated[int | None, typer.Option("--attention-dim", help="Override a = 100.")] = None,
     glove_epochs: Annotated[int | None, typer.Option("--glove-epochs", help="Override GloVe's 50.")] = None,
+    ontology_scope: Annotated[
+        str | None, typer.Option("--ontology-scope", help="Override: observed (default) or full.")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     force: Annotated[
         bool, typer.Option(help="Retrain finished runs / reuse a folder of other settings.")
@@ -153,6 +156,7 @@ def reproduce(
         hidden=hidden,
         attention_dim=attention_dim,
         glove_epochs=glove_epochs,
+        ontology_scope=ontology_scope,
         device=device,
         force=force,
         callbacks=RichCallbacks(),

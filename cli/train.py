@@ -95,6 +95,14 @@ def train(
     ontology: Annotated[str, typer.Option(help="Built-in ontology name or ontology file.")] = "icd9-ccs",
     model: ModelOpt = "hap",
     levels: Annotated[int | None, typer.Option(help="Use only the lowest K levels of the ontology.")] = None,
+    ontology_scope: Annotated[
+        str | None,
+        typer.Option(
+            "--ontology-scope",
+            help="observed: the codes seen in the data and their ancestors (the papers', default); "
+            "full: every node of the ontology.",
+        ),
+    ] = None,
     pretrain: Annotated[
         str, typer.Option(help="glove or none (glove + rnn/rollup = the paper's RNN+/Rollup+).")
     ] = "none",
@@ -154,6 +162,7 @@ def train(
         ontology=ontology,
         model=model,
         levels=levels,
+        ontology_scope=ontology_scope,
         pretrain=pretrain,
         epochs=epochs,
         batch_size=batch_size,

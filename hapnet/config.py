@@ -11,6 +11,9 @@ from hapnet.errors import HapnetError
 
 OPTIMIZERS = ("adam", "adamw", "adadelta")
 UNKNOWN_POLICIES = ("ancestor", "drop", "error")
+# "observed": the ontology's codes seen in the data and their ancestors (the papers' code builds
+# only these: build_trees.py); "full": every node of the ontology, trained or not.
+ONTOLOGY_SCOPES = ("observed", "full")
 
 
 @dataclass
@@ -21,6 +24,7 @@ class TrainConfig:
     ontology: str = "icd9-ccs"
     data: str | None = None  # None: built-in synthetic data
     levels: int | None = None
+    ontology_scope: str = "observed"
     pretrain: str = "none"  # "glove" or "none"
     epochs: int = 15
     batch_size: int = 100
@@ -53,6 +57,10 @@ class TrainConfig:
             (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
             (self.unknown in UNKNOWN_POLICIES, f"--unknown must be one of {', '.join(UNKNOWN_POLICIES)}"),
             (
+                self.ontology_scope in ONTOLOGY_SCOPES,
+                f"--ontology-scope must be one of {', '.join(ONTOLOGY_SCOPES)}",
+            ),
+            (
                 self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                 "--device: auto|cpu|cuda",
             ),
@@ -77,6 +85,15 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> TrainConfig:
+        """A run folder's config.json: runs saved before a setting existed used what it names."""
+        return cls.from_dict({**LEGACY_SETTINGS, **values})
+
+
+# What runs saved before these settings existed did (hapnet 0.1 trained on the full ontology).
+LEGACY_SETTINGS: dict[str, Any] = {"ontology_scope": "full"}
+
 
 # "paper": the HAP paper's exact settings (algorithms.md, "Paper training"); "default": hapnet's
 # own defaults (the TrainConfig fields), named so that `hapnet reproduce --preset default` can ask
@@ -94,6 +111,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 50,
         "loss": "paper",
         "weight_decay": 0.0,
+        "ontology_scope": "observed",
     },
 }
 
@@ -104,8 +122,9 @@ RUNTIME_SETTINGS = ("seed", "device")
 
 def differing_settings(before: dict[str, Any], now: TrainConfig) -> list[str]:
     """Settings (beyond seed and device) in which a saved config differs from `now`;
-    fields missing from an older saved config count as their defaults."""
-    saved, current = TrainConfig.from_dict(before).to_dict(), now.to_dict()
+    fields missing from an older saved config count as what those runs did (LEGACY_SETTINGS)
+    or as the defaults."""
+    saved, current = TrainConfig.from_saved(before).to_dict(), now.to_dict()
     return sorted(k for k in current if k not in RUNTIME_SETTINGS and saved.get(k) != current[k])
 
 

@@ -37,10 +37,14 @@ class EmbedderConfig:
     dim: int = 400  # d: embedding size (the paper's 400)
     attention_dim: int = 100  # a: attention size (the paper's 100)
     init_std: float = 0.1  # base embeddings start as N(0, init_std^2) unless GloVe-initialised
+    # Which nodes get a base embedding: "all", or "used": the observable codes and the nodes on the
+    # hierarchy's edges (with an ontology pruned to the observed codes, nothing else is ever read).
+    base_nodes: str = "all"
 
 
 class CodeEmbedder(nn.Module):
-    """What every embedder shares: base embeddings e of all nodes and the vocab as a buffer."""
+    """What every embedder shares: base embeddings e (one row per node in `base_nodes`, all nodes
+    by default) and the vocab as a buffer. Node indices go through `rows` to reach the table."""
 
     def __init__(self, hierarchy: Hierarchy, vocab: np.ndarray, config: EmbedderConfig):
         super().__init__()
@@ -53,22 +57,55 @@ class CodeEmbedder(nn.Module):
         if vocab.min() < 0 or vocab.max() >= self.num_nodes:
             raise HapnetError(f"vocabulary node index out of range 0..{self.num_nodes - 1}")
         self.vocab_nodes = vocab
-        self.register_buffer("vocab", torch.from_numpy(vocab), persistent=False)
-        self.base = nn.Embedding(self.num_nodes, config.dim)
+        if config.base_nodes == "used":
+            self.base_nodes = np.union1d(vocab, hierarchy.nodes_in_hierarchy())
+        elif config.base_nodes == "all":
+            self.base_nodes = np.arange(self.num_nodes)
+        else:
+            raise ValueError(f"base_nodes must be 'all' or 'used', got {config.base_nodes!r}")
+        self._row_of = np.full(self.num_nodes, -1, dtype=np.int64)
+        self._row_of[self.base_nodes] = np.arange(len(self.base_nodes))
+        _index_buffer(self, "vocab_rows", self.rows(vocab))
+        self.base = nn.Embedding(len(self.base_nodes), config.dim)
         nn.init.normal_(self.base.weight, std=config.init_std)
+
+    def rows(self, nodes: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Row of the base table of each node (`HapnetError` for a node without a base embedding)."""
+        nodes = np.asarray(nodes, dtype=np.int64)
+        rows = self._row_of[nodes]
+        if len(rows) and rows.min() < 0:
+            missing = nodes[rows < 0][0]
+            raise HapnetError(
+                f"node {missing} has no embedding in this model: it holds only the observed codes "
+                "and their ancestors (ontology_scope 'observed')"
+            )
+        return rows
 
     @torch.no_grad()
     def init_base(self, vectors: Tensor) -> None:
-        """Set the base embeddings of all nodes (GloVe initialisation), [num_nodes, dim]."""
-        if tuple(vectors.shape) != tuple(self.base.weight.shape):
-            raise HapnetError(
-                f"initial vectors have shape {tuple(vectors.shape)}, expected {tuple(self.base.weight.shape)}"
-            )
+        """Set the base embeddings from vectors of all nodes (GloVe initialisation), [num_nodes, dim]."""
+        expected = (self.num_nodes, self.base.weight.shape[1])
+        if tuple(vectors.shape) != expected:
+            raise HapnetError(f"initial vectors have shape {tuple(vectors.shape)}, expected {expected}")
+        if len(self.base_nodes) < self.num_nodes:
+            vectors = vectors[torch.from_numpy(self.base_nodes).to(vectors.device)]
         self.base.weight.copy_(vectors)
 
+    def base_embeddings(self) -> Tensor:
+        """Base embeddings e of every node, [num_nodes, dim]; NaN rows for the nodes without one."""
+        return self._every_node(self.base.weight)
+
     def all_node_embeddings(self) -> Tensor:
-        """Final embeddings g of every node, [num_nodes, dim]."""
+        """Final embeddings g of every node, [num_nodes, dim]; NaN rows for the nodes without a
+        base embedding (not in `base_nodes`)."""
         raise NotImplementedError
+
+    def _every_node(self, g: Tensor) -> Tensor:
+        """[num_nodes, dim] from g of `base_nodes` (in order), NaN for the other nodes."""
+        if len(self.base_nodes) == self.num_nodes:
+            return g
+        out = g.new_full((self.num_nodes, g.shape[1]), float("nan"))
+        return out.index_copy(0, torch.from_numpy(self.base_nodes).to(g.device), g)
 
     def explain(self, nodes: Sequence[int] | np.ndarray) -> Tensor:
         """W [len(nodes), num_nodes] with g_c = sum_j W[c, j] e_j (attention weights as computed)."""
@@ -78,6 +115,7 @@ class CodeEmbedder(nn.Module):
         nodes = np.asarray(nodes, dtype=np.int64).reshape(-1)
         if len(nodes) and (nodes.min() < 0 or nodes.max() >= self.num_nodes):
             raise HapnetError(f"node index out of range 0..{self.num_nodes - 1}")
+        self.rows(nodes)  # every node explained must have an embedding
         return nodes
 
 
@@ -92,10 +130,10 @@ class PlainEmbedder(CodeEmbedder):
     """RNN (and RNN+ with GloVe): g_c = e_c, no ontology."""
 
     def forward(self) -> Tensor:
-        return self.base.weight.index_select(0, self.vocab)
+        return self.base.weight.index_select(0, self.vocab_rows)
 
     def all_node_embeddings(self) -> Tensor:
-        return self.base.weight
+        return self._every_node(self.base.weight)
 
     def explain(self, nodes: Sequence[int] | np.ndarray) -> Tensor:
         nodes = self._nodes(nodes)
@@ -133,7 +171,7 @@ class RollupEmbedder(CodeEmbedder):
         super().__init__(hierarchy, vocab, config)
         positions, sources, weights = _parent_weights(hierarchy, self.vocab_nodes)
         _index_buffer(self, "positions", positions)
-        _index_buffer(self, "sources", sources)
+        _index_buffer(self, "sources", self.rows(sources))
         self.register_buffer("weights", torch.from_numpy(weights), persistent=False)
         self._single = len(positions) == len(self.vocab_nodes)  # one source per code: no sum
 
@@ -141,7 +179,7 @@ class RollupEmbedder(CodeEmbedder):
         self, positions: Tensor, sources: Tensor, weights: Tensor, count: int, single: bool
     ) -> Tensor:
         e = self.base.weight
-        rows = e.index_select(0, sources)
+        rows = e.index_select(0, sources)  # base-table rows
         if single:
             return rows
         return rows.new_zeros((count, e.shape[1])).index_add(0, positions, rows * weights.to(e).unsqueeze(1))
@@ -150,15 +188,16 @@ class RollupEmbedder(CodeEmbedder):
         return self._rollup(self.positions, self.sources, self.weights, len(self.vocab_nodes), self._single)
 
     def all_node_embeddings(self) -> Tensor:
-        positions, sources, weights = _parent_weights(self.hierarchy, np.arange(self.num_nodes))
+        positions, sources, weights = _parent_weights(self.hierarchy, self.base_nodes)
         device = self.base.weight.device
-        return self._rollup(
+        g = self._rollup(
             torch.from_numpy(positions).to(device),
-            torch.from_numpy(sources).to(device),
+            torch.from_numpy(self.rows(sources)).to(device),
             torch.from_numpy(weights).to(device),
-            self.num_nodes,
+            len(self.base_nodes),
             False,
         )
+        return self._every_node(g)
 
     def explain(self, nodes: Sequence[int] | np.ndarray) -> Tensor:
         nodes = self._nodes(nodes)
@@ -174,14 +213,15 @@ class RollupEmbedder(CodeEmbedder):
 
 # ============================================================================= GRAM
 class _AncestorIndex(nn.Module):
-    """GRAM's attention round on compact rows: `nodes` are the distinct nodes in use, once each."""
+    """GRAM's attention round on compact rows: `rows` are the base rows of the distinct nodes in
+    use, once each."""
 
-    def __init__(self, step: Step, num_nodes: int):
+    def __init__(self, step: Step, embedder: CodeEmbedder):
         super().__init__()
         nodes, local = np.unique(step.edge_source, return_inverse=True)
         self.step = step  # node indices, for explanations
-        self.every_node = len(nodes) == num_nodes  # then nodes == arange: no gather needed
-        _index_buffer(self, "nodes", nodes)
+        self.every_row = len(nodes) == len(embedder.base_nodes)  # then rows == arange: no gather
+        _index_buffer(self, "rows", embedder.rows(nodes))
         _index_buffer(self, "query_rows", np.searchsorted(nodes, step.targets))
         self.edges = EdgeIndex(step.edge_target, local.reshape(-1), len(step.targets))
 
@@ -195,12 +235,12 @@ class GRAMEmbedder(CodeEmbedder):
     def __init__(self, hierarchy: Hierarchy, vocab: np.ndarray, config: EmbedderConfig):
         super().__init__(hierarchy, vocab, config)
         self.attention = AttentionScorer(config.dim, config.attention_dim)
-        self.index = _AncestorIndex(hierarchy.ancestor_step(self.vocab_nodes), self.num_nodes)
+        self.index = _AncestorIndex(hierarchy.ancestor_step(self.vocab_nodes), self)
         self._all_nodes: _AncestorIndex | None = None
 
     def _run(self, index: _AncestorIndex) -> tuple[Tensor, Tensor]:
         weight = self.base.weight
-        rows = weight if index.every_node else weight.index_select(0, index.nodes)  # e of nodes in use
+        rows = weight if index.every_row else weight.index_select(0, index.rows)  # e of nodes in use
         return attend(index.edges, rows.index_select(0, index.query_rows), rows, self.attention)
 
     def forward(self) -> Tensor:
@@ -208,17 +248,13 @@ class GRAMEmbedder(CodeEmbedder):
 
     def all_node_embeddings(self) -> Tensor:
         if self._all_nodes is None:
-            self._all_nodes = _AncestorIndex(
-                self.hierarchy.ancestor_step(np.arange(self.num_nodes)), self.num_nodes
-            )
-        return self._run(self._all_nodes.to(self.base.weight.device))[0]
+            self._all_nodes = _AncestorIndex(self.hierarchy.ancestor_step(self.base_nodes), self)
+        return self._every_node(self._run(self._all_nodes.to(self.base.weight.device))[0])
 
     @torch.no_grad()
     def explain(self, nodes: Sequence[int] | np.ndarray) -> Tensor:
         nodes = self._nodes(nodes)
-        index = _AncestorIndex(self.hierarchy.ancestor_step(nodes), self.num_nodes).to(
-            self.base.weight.device
-        )
+        index = _AncestorIndex(self.hierarchy.ancestor_step(nodes), self).to(self.base.weight.device)
         _, alpha = self._run(index)
         out = alpha.new_zeros((len(nodes), self.num_nodes))
         where = [
@@ -276,7 +312,7 @@ class _HAPPlan(nn.Module):
     are final already, so this changes nothing.
     """
 
-    def __init__(self, hierarchy: Hierarchy, outputs: np.ndarray):
+    def __init__(self, hierarchy: Hierarchy, outputs: np.ndarray, embedder: CodeEmbedder):
         super().__init__()
         self.tables: list[_Table] = []
         self.steps: list[_PlanStep] = []
@@ -313,12 +349,13 @@ class _HAPPlan(nn.Module):
 
         # Base rows: one gather, split into the pieces.
         self.base_tables = [t for t, table in enumerate(self.tables) if table.from_base]
-        rows = [self.tables[t].nodes for t in self.base_tables]
-        base_rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        nodes = [self.tables[t].nodes for t in self.base_tables]
+        base_rows = embedder.rows(np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.int64))
         inverse = None
-        if len(base_rows) == n and len(np.unique(base_rows)) == n:  # every node once
+        size = len(embedder.base_nodes)
+        if len(base_rows) == size and len(np.unique(base_rows)) == size:  # every row once
             inverse = np.empty_like(base_rows)
-            inverse[base_rows] = np.arange(n)
+            inverse[base_rows] = np.arange(size)
         _index_buffer(self, "base_rows", base_rows)
         _index_buffer(self, "base_inverse", inverse)
         _index_buffer(self, "final_order", order)
@@ -426,20 +463,28 @@ def _needed(hierarchy: Hierarchy, outputs: np.ndarray) -> tuple[list[np.ndarray]
     return bu_active, td_active
 
 
-def _project(rows: Tensor, needs: dict[str, bool], scorers: dict[str, AttentionScorer]) -> dict:
-    """{(scorer, QUERY): W_q rows + b, (scorer, KEY): W_k rows} in one matrix product."""
-    weights, biases, names = [], [], []
-    for name, with_query in sorted(needs.items()):
-        scorer = scorers[name]
-        if with_query:
-            weights.append(scorer.query.weight)
-            biases.append(scorer.query.bias)
-            names.append((name, QUERY))
-        weights.append(scorer.key.weight)
-        biases.append(scorer.query.bias.new_zeros(scorer.key.out_features))
-        names.append((name, KEY))
-    size = weights[0].shape[0]
-    projected = F.linear(rows, torch.cat(weights), torch.cat(biases))
+def _project(
+    rows: Tensor, needs: dict[str, bool], scorers: dict[str, AttentionScorer], weights: dict
+) -> dict:
+    """{(scorer, QUERY): W_q rows + b, (scorer, KEY): W_k rows} in one matrix product.
+
+    `weights` caches the stacked [W_q; W_k] per kind of table within one forward (a handful of
+    kinds, dozens of tables): one concatenation each, and one split of its gradient."""
+    kind = tuple(sorted(needs.items()))
+    if kind not in weights:
+        stacked, biases, names = [], [], []
+        for name, with_query in kind:
+            scorer = scorers[name]
+            if with_query:
+                stacked.append(scorer.query.weight)
+                biases.append(scorer.query.bias)
+                names.append((name, QUERY))
+            stacked.append(scorer.key.weight)
+            biases.append(scorer.query.bias.new_zeros(scorer.key.out_features))
+            names.append((name, KEY))
+        weights[kind] = (torch.cat(stacked), torch.cat(biases), names, stacked[0].shape[0])
+    weight, bias, names, size = weights[kind]
+    projected = F.linear(rows, weight, bias)
     return dict(zip(names, projected.split(size, dim=1), strict=True))
 
 
@@ -456,24 +501,25 @@ class HAPEmbedder(CodeEmbedder):
         super().__init__(hierarchy, vocab, config)
         self.up = AttentionScorer(config.dim, config.attention_dim)
         self.down = AttentionScorer(config.dim, config.attention_dim)
-        self.plan = _HAPPlan(hierarchy, self.vocab_nodes)
+        self.plan = _HAPPlan(hierarchy, self.vocab_nodes, self)
         self._all_nodes: _HAPPlan | None = None
 
     def forward(self) -> Tensor:
         return self._propagate(self.plan, self.base.weight)[0]
 
     def all_node_embeddings(self) -> Tensor:
-        return self._propagate(self._plan_for_all(), self.base.weight)[0]
+        return self._every_node(self._propagate(self._plan_for_all(), self.base.weight)[0])
 
     def _plan_for_all(self) -> _HAPPlan:
+        """The plan whose outputs are all `base_nodes`, in order."""
         if self._all_nodes is None:
-            self._all_nodes = _HAPPlan(self.hierarchy, np.arange(self.num_nodes))
+            self._all_nodes = _HAPPlan(self.hierarchy, self.base_nodes, self)
         return self._all_nodes.to(self.base.weight.device)
 
     def _propagate(
         self, plan: _HAPPlan, base: Tensor, weights: list[list[Tensor]] | None = None
     ) -> tuple[Tensor, list[list[Tensor]]]:
-        """Run the plan on base embeddings [num_nodes, width]: (outputs, attention weights).
+        """Run the plan on base embeddings [len(base_nodes), width]: (outputs, attention weights).
 
         With `weights` given (from an earlier run) no score is computed: the embeddings are
         propagated with those weights (what `explain` does, with one-hot rows as `base`).
@@ -482,6 +528,7 @@ class HAPEmbedder(CodeEmbedder):
         score = weights is None
         values: list[Tensor | None] = [None] * len(plan.tables)
         projections: list[dict] = [{} for _ in plan.tables]
+        stacked: dict = {}  # [W_q; W_k] per kind of table, built once per run
 
         # Base pieces: one gather of every base row the plan reads, split into its pieces.
         rows = gather_rows(base, plan.base_rows, plan.base_inverse)
@@ -489,7 +536,7 @@ class HAPEmbedder(CodeEmbedder):
         for t, piece in zip(plan.base_tables, pieces, strict=True):
             values[t] = piece
             if score and plan.tables[t].needs:
-                projections[t] = _project(piece, plan.tables[t].needs, scorers)
+                projections[t] = _project(piece, plan.tables[t].needs, scorers, stacked)
 
         all_weights = []
         for step, step_edges in zip(plan.steps, plan.edges, strict=True):
@@ -505,7 +552,7 @@ class HAPEmbedder(CodeEmbedder):
             all_weights.append(step_weights)
             values[step.out] = out = weighted_sum(groups, step_weights)
             if score and plan.tables[step.out].needs:
-                projections[step.out] = _project(out, plan.tables[step.out].needs, scorers)
+                projections[step.out] = _project(out, plan.tables[step.out].needs, scorers, stacked)
 
         parts = []
         for i, (table, _) in enumerate(plan.final):
@@ -525,15 +572,15 @@ class HAPEmbedder(CodeEmbedder):
         rows = []
         for start in range(0, len(nodes), chunk):
             part = nodes[start : start + chunk]
-            plan = _HAPPlan(self.hierarchy, part).to(weight.device)
+            plan = _HAPPlan(self.hierarchy, part, self).to(weight.device)
             with torch.no_grad():
                 _, weights = self._propagate(plan, weight)
             with torch.enable_grad():
-                probe = weight.new_zeros((self.num_nodes, len(part)), requires_grad=True)
+                probe = weight.new_zeros((len(self.base_nodes), len(part)), requires_grad=True)
                 g, _ = self._propagate(plan, probe, weights)  # [len(part), len(part)] = W probe
                 eye = torch.eye(len(part), dtype=weight.dtype, device=weight.device)
-                (grad,) = torch.autograd.grad(g, probe, eye)  # grad[j, r] = W[r, j]
-            rows.append(grad.t())
+                (grad,) = torch.autograd.grad(g, probe, eye)  # grad[j, r] = W[r, base_nodes[j]]
+            rows.append(self._every_node(grad).nan_to_num_(0.0).t())
         if not rows:
             return weight.new_zeros((0, self.num_nodes))
         return torch.cat(rows)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import networkx as nx
@@ -286,6 +286,28 @@ class Ontology:
             cut_level=cut,
             source=self.source,
             _index=self._index,
+            _full_num_children=full_num_children,
+        )
+
+    def prune(self, observed: np.ndarray) -> Ontology:
+        """Keep only the edges on paths from the root to the `observed` nodes (codes seen in the
+        data): the observed codes and their ancestors take part, every other node has no edge.
+
+        This is the DAG the papers' code trains on (HAP's and GRAM's build_trees.py keep only
+        the codes found in the data). Node indices do not change; apply after `truncate`.
+        """
+        keep = np.zeros(len(self), dtype=bool)
+        keep[np.asarray(observed, dtype=np.int64)] = True
+        child_level = self.levels[self.edge_child]
+        for level in range(self.depth, self.cut_level, -1):  # children before their parents
+            edges = child_level == level
+            keep[self.edge_parent[edges & keep[self.edge_child]]] = True
+        edges = keep[self.edge_child]
+        full_num_children = self.num_children if self._full_num_children is None else self._full_num_children
+        return replace(
+            self,
+            edge_parent=self.edge_parent[edges],
+            edge_child=self.edge_child[edges],
             _full_num_children=full_num_children,
         )
 

@@ -6,8 +6,8 @@ A target t attends over its candidates j (itself included):
     f(q, k) = u^T tanh(W_q q + W_k k + b)                         (docs/algorithms.md)
 
 W = [W_q, W_k] is split so that `W_q q` and `W_k k` are matrix products over nodes (once per node
-and step); per edge only an add, a tanh and a dot with u remain (`edge_scores`, in chunks: no
-[edges, attention_dim] tensor is stored). The softmax runs over segments (all candidates of one
+and step); per edge only an add, a tanh and a dot with u remain (`edge_scores`, in chunks; only tanh's
+output is kept for the backward). The softmax runs over segments (all candidates of one
 target, `segment_softmax`); the weighted sum over each target's candidates is one fused
 `embedding_bag` call (gather, scale and sum without an [edges, dim] intermediate, with fused
 backward for both the embeddings and the weights).
@@ -85,7 +85,8 @@ EDGE_CHUNK = 4096  # edges per chunk on CPU: the [chunk, attention_dim] temporar
 class _EdgeScores(torch.autograd.Function):
     """s_e = u . tanh(query_proj[target_e] + key_proj[source_e]) for every edge, in chunks.
 
-    No [edges, attention_dim] tensor is kept: the backward recomputes tanh chunk by chunk.
+    The [chunk, attention_dim] sums never exist for all edges at once; tanh of them is kept for
+    the backward (one [edges, attention_dim] tensor) only when a gradient is needed.
     `target` / `source` None mean edge e uses row e.
     """
 
@@ -100,27 +101,29 @@ class _EdgeScores(torch.autograd.Function):
         num_edges: int,
         chunk: int,
     ) -> Tensor:
-        ctx.save_for_backward(query_proj, key_proj, u, target, source)
-        ctx.num_edges, ctx.chunk = num_edges, chunk
+        keep = any(ctx.needs_input_grad[:3])
+        tanh_all = query_proj.new_empty((num_edges, u.shape[0])) if keep else None
         scores = query_proj.new_empty(num_edges)
         for start in range(0, num_edges, chunk):
             end = min(start + chunk, num_edges)
             z = _edge_sum(query_proj, key_proj, target, source, start, end)
-            torch.mv(z.tanh_(), u, out=scores[start:end])
+            th = torch.tanh(z, out=tanh_all[start:end]) if tanh_all is not None else z.tanh_()
+            torch.mv(th, u, out=scores[start:end])
+        ctx.save_for_backward(tanh_all, u, target, source)
+        ctx.shapes, ctx.chunk = (query_proj.shape, key_proj.shape), chunk
         return scores
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        query_proj, key_proj, u, target, source = ctx.saved_tensors
-        grad_query, grad_key = torch.zeros_like(query_proj), torch.zeros_like(key_proj)
-        grad_u = torch.zeros_like(u)
-        for start in range(0, ctx.num_edges, ctx.chunk):
-            end = min(start + ctx.chunk, ctx.num_edges)
-            th = _edge_sum(query_proj, key_proj, target, source, start, end).tanh_()
-            g = grad[start:end]
-            grad_u.addmv_(th.t(), g)
-            dz = th.square_().neg_().add_(1).mul_(g.unsqueeze(1)).mul_(u)  # d s / d z
+        tanh_all, u, target, source = ctx.saved_tensors
+        query_shape, key_shape = ctx.shapes
+        grad_query, grad_key = u.new_zeros(query_shape), u.new_zeros(key_shape)
+        grad_u = torch.mv(tanh_all.t(), grad)
+        for start in range(0, len(tanh_all), ctx.chunk):
+            end = min(start + ctx.chunk, len(tanh_all))
+            th = tanh_all[start:end]
+            dz = torch.mul(th, th).neg_().add_(1).mul_(grad[start:end].unsqueeze(1)).mul_(u)  # d s / d z
             if target is None:
                 grad_query[start:end] += dz
             else:

@@ -90,6 +90,7 @@ def reproduce(
     hidden: int | None = None,
     attention_dim: int | None = None,
     glove_epochs: int | None = None,
+    ontology_scope: str | None = None,
     device: str = "auto",
     force: bool = False,
     callbacks: Any = None,
@@ -121,6 +122,7 @@ def reproduce(
         "hidden": hidden,
         "attention_dim": attention_dim,
         "glove_epochs": glove_epochs,
+        "ontology_scope": ontology_scope,
         "device": device,
     }
     if out.exists() and any(out.iterdir()) and not (out / SETTINGS_FILE).exists() and not force:

@@ -158,7 +158,7 @@ class RunWriter:
 
     def saved_config(self) -> TrainConfig:
         try:
-            return TrainConfig.from_dict(json.loads((self.work / CONFIG).read_text()))
+            return TrainConfig.from_saved(json.loads((self.work / CONFIG).read_text()))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise HapnetError(f"{self.work / CONFIG}: unreadable run configuration ({exc})") from None
 
@@ -278,7 +278,7 @@ def load(run_dir: str | Path, device: str = "cpu") -> Run:
     if not is_run_dir(path):
         raise HapnetError(f"{path}: not a hapnet run folder (expected {CONFIG}, {VOCAB} and {CHECKPOINT})")
     try:
-        config = TrainConfig.from_dict(json.loads((path / CONFIG).read_text()))
+        config = TrainConfig.from_saved(json.loads((path / CONFIG).read_text()))
         metrics_path = path / METRICS
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
         vocab_frame = pd.read_csv(path / VOCAB, dtype={"code": str}, keep_default_na=False)

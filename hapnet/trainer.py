@@ -114,15 +114,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def model_ontology(config: TrainConfig, ontology: Ontology, vocab: Vocabulary) -> Ontology:
+    """The ontology a model of `config` runs on: truncated to `levels`, and with scope "observed"
+    pruned to the observable codes and their ancestors."""
+    used = ontology.truncate(config.levels)
+    return used.prune(vocab.nodes) if config.ontology_scope == "observed" else used
+
+
 def build_model(config: TrainConfig, ontology: Ontology, vocab: Vocabulary) -> NextVisitModel:
-    """The registry's embedder for `config.model` on the (truncated) ontology + the visit GRU."""
+    """The registry's embedder for `config.model` on the model's ontology + the visit GRU.
+    With scope "observed" only the nodes in use get a base embedding (a smaller table)."""
     from hapnet.models import EmbedderConfig
 
     spec = get_model(config.model)
-    hierarchy = ontology.truncate(config.levels).compile()
-    embedder = spec.embedder(
-        hierarchy, vocab.nodes, EmbedderConfig(dim=config.dim, attention_dim=config.attention_dim)
+    hierarchy = model_ontology(config, ontology, vocab).compile()
+    embedder_config = EmbedderConfig(
+        dim=config.dim,
+        attention_dim=config.attention_dim,
+        base_nodes="used" if config.ontology_scope == "observed" else "all",
     )
+    embedder = spec.embedder(hierarchy, vocab.nodes, embedder_config)
     return NextVisitModel(embedder, len(vocab), config.dim, config.hidden, config.dropout)
 
 
