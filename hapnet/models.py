@@ -74,10 +74,10 @@ class CodeEmbedder(nn.Module):
         nodes = np.asarray(nodes, dtype=np.int64)
         rows = self._row_of[nodes]
         if len(rows) and rows.min() < 0:
-            missing = nodes[rows < 0][0]
+            missing = self.hierarchy.ontology.ids[nodes[rows < 0][0]]
             raise HapnetError(
-                f"node {missing} has no embedding in this model: it holds only the observed codes "
-                "and their ancestors (ontology_scope 'observed')"
+                f"{missing!r} has no embedding in this model: it holds only the codes seen in its "
+                "training data and their ancestors (ontology_scope 'observed')"
             )
         return rows
 
