@@ -1,16 +1,19 @@
 """Benchmark: one training epoch at the paper's settings on MIMIC-III-sized synthetic data,
 against its arithmetic floor (FLOPs / this machine's measured matmul speed).
 
-    python benchmarks/bench_epoch.py [--model hap] [--patients 7500] [--epochs 2]
+    python benchmarks/bench_epoch.py [--model hap] [--patients 7500] [--epochs 2] [--phases]
 
 Prints the data shape, seconds per epoch (the fastest after the first), the epoch's FLOPs,
-the floor, and the ratio. Not a test: run it by hand and record the figures.
+the floor, and the ratio; `--phases` also times one more epoch's steps phase by phase (embedder
+forward, predictor + loss forward, backward, optimiser). Not a test: run it by hand and record
+the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -18,8 +21,15 @@ import torch
 import hapnet
 from hapnet.config import make_config
 from hapnet.flops import BACKWARD_FACTOR, matmul_gflops, predictor_flops, propagation_flops
-from hapnet.predictor import BatchBuilder
-from hapnet.trainer import Vocabulary, default_data_path, model_ontology, split_patients
+from hapnet.predictor import DIAGNOSIS, BatchBuilder, next_visit_loss
+from hapnet.trainer import (
+    Vocabulary,
+    build_model,
+    default_data_path,
+    make_optimizer,
+    model_ontology,
+    split_patients,
+)
 from hapnet.visits import load_visits
 
 
@@ -31,6 +41,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--ontology-scope", choices=["observed", "full"], help="override the preset's")
+    parser.add_argument("--phases", action="store_true", help="time the phases of a step too")
     args = parser.parse_args()
 
     data_path = default_data_path(args.ontology, args.patients)
@@ -82,6 +93,35 @@ def main() -> None:
         f"ratio {seconds / floor:.2f}x the floor"
     )
     print("seconds per epoch:", [round(s, 2) for s in result.metrics["train_seconds_per_epoch"]])
+    if args.phases:
+        model = build_model(config, ontology, vocab)
+        phases = time_phases(model, make_optimizer(config, model), builder, split.train, config)
+        print("ms per step: " + ", ".join(f"{name} {ms:.1f}" for name, ms in phases.items()))
+
+
+def time_phases(model, optimizer, builder, patients, config) -> dict[str, float]:  # noqa: ANN001
+    """Mean milliseconds per step of each phase over one epoch, after 5 warm-up steps (the
+    trainer's step, cut where `hapnet.train` does its work)."""
+    model.train()
+    batches = [
+        builder.build(patients[i : i + config.batch_size]) for i in range(0, len(patients), config.batch_size)
+    ]
+    totals = np.zeros(4)
+    for index, batch in enumerate(batches[:5] + batches):
+        marks = [time.perf_counter()]
+        g = model.code_embeddings()
+        marks.append(time.perf_counter())
+        loss = next_visit_loss(model(batch, g)[DIAGNOSIS], batch, config.loss)
+        marks.append(time.perf_counter())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        marks.append(time.perf_counter())
+        optimizer.step()
+        marks.append(time.perf_counter())
+        if index >= 5:
+            totals += np.diff(marks)
+    names = ("embedder forward", "predictor + loss forward", "backward", "optimiser")
+    return dict(zip(names, 1000 * totals / len(batches), strict=True))
 
 
 if __name__ == "__main__":
