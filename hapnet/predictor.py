@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 if TYPE_CHECKING:
     from hapnet.visits import VisitData
@@ -25,10 +25,20 @@ LOSSES = ("paper", "softmax", "bce")
 
 @dataclass
 class Batch:
-    """A batch of patients, padded to T steps; step t predicts visit t+1 from visits 1..t."""
+    """A batch of patients; step t of a patient predicts visit t+1 from visits 1..t.
 
-    input_codes: torch.Tensor  # [N] class indices of the input visits' codes, (patient, step) order
-    input_offsets: torch.Tensor  # [B*T] start of every (patient, step) bag; padding bags are empty
+    The GRU's input is laid out as `pack_padded_sequence` lays it out (time-major, patients
+    sorted by number of steps, longest first), so no padded visit is ever built: `input_*` are the
+    bags of those packed rows, `step_rows` picks each real step's row back in (patient, step)
+    order, the order of `step_patient` and `target_rows`.
+    """
+
+    input_codes: torch.Tensor  # [N] class indices of the input visits' codes, packed-row order
+    input_offsets: torch.Tensor  # [R] start of every packed row's bag (a patient without steps: empty)
+    batch_sizes: torch.Tensor  # [T] packed rows per time step (stays on the CPU, as torch wants)
+    sorted_indices: torch.Tensor  # [B] patient of each packed position, longest first
+    unsorted_indices: torch.Tensor  # [B] packed position of each patient
+    step_rows: torch.Tensor  # [S] packed row of every real step, (patient, step) order
     step_mask: torch.Tensor  # [B, T] bool, True for real steps
     step_patient: torch.Tensor  # [S] batch position of every real step
     target_rows: torch.Tensor  # [M] real-step index of every target code
@@ -37,7 +47,11 @@ class Batch:
     num_steps: int  # S
 
     def to(self, device: torch.device) -> Batch:
-        moved = {k: v.to(device, non_blocking=True) for k, v in vars(self).items() if torch.is_tensor(v)}
+        moved = {
+            k: v if k == "batch_sizes" else v.to(device, non_blocking=True)
+            for k, v in vars(self).items()
+            if torch.is_tensor(v)
+        }
         return Batch(**moved, num_patients=self.num_patients, num_steps=self.num_steps)
 
     def targets(self, num_codes: int) -> torch.Tensor:
@@ -73,21 +87,39 @@ class BatchBuilder:
         valid = t[None, :] < steps[:, None]
         input_visits = (starts[:, None] + t[None, :])[valid]  # row-major = (patient, step) order
         target_visits = input_visits + 1
+        num_steps = len(input_visits)
 
-        bag_sizes = np.zeros((num_patients, horizon), dtype=np.int64)
-        bag_sizes[valid] = self.visit_lengths[input_visits]
-        bag_sizes = bag_sizes.ravel()
+        # Packed layout, sorted as pack_padded_sequence sorts. A patient without steps gets
+        # one row (an empty bag): its state is computed and never selected.
+        lengths = np.maximum(steps, 1)
+        sorted_indices = torch.sort(torch.from_numpy(lengths), descending=True).indices.numpy()
+        position = np.empty(num_patients, dtype=np.int64)
+        position[sorted_indices] = np.arange(num_patients)
+        batch_sizes = (lengths[sorted_indices][None, :] > np.arange(lengths.max())[:, None]).sum(1)
+        first_row = np.cumsum(batch_sizes) - batch_sizes  # packed row of time t, position 0
+        row_time = np.repeat(np.arange(len(batch_sizes)), batch_sizes)
+        row_patient = sorted_indices[np.arange(len(row_time)) - first_row[row_time]]
+        row_real = row_time < steps[row_patient]
+        row_visits = starts[row_patient] + row_time
+        bag_sizes = np.where(row_real, self.visit_lengths[row_visits], 0)
         offsets = np.cumsum(bag_sizes) - bag_sizes
-        input_idx = _gather_ranges(self.visit_offsets[input_visits], self.visit_lengths[input_visits])
+        real_visits = row_visits[row_real]
+        input_idx = _gather_ranges(self.visit_offsets[real_visits], self.visit_lengths[real_visits])
+        step_time = np.nonzero(valid)[1]
+        step_patient = np.repeat(np.arange(num_patients), steps)
+        step_rows = first_row[step_time] + position[step_patient]
 
         target_lengths = self.visit_lengths[target_visits]
         target_idx = _gather_ranges(self.visit_offsets[target_visits], target_lengths)
-        num_steps = len(input_visits)
         return Batch(
             input_codes=torch.from_numpy(self.classes[input_idx]),
             input_offsets=torch.from_numpy(offsets),
+            batch_sizes=torch.from_numpy(batch_sizes.astype(np.int64)),
+            sorted_indices=torch.from_numpy(sorted_indices.astype(np.int64)),
+            unsorted_indices=torch.from_numpy(position),
+            step_rows=torch.from_numpy(step_rows),
             step_mask=torch.from_numpy(valid),
-            step_patient=torch.from_numpy(np.repeat(np.arange(num_patients), steps)),
+            step_patient=torch.from_numpy(step_patient),
             target_rows=torch.from_numpy(np.repeat(np.arange(num_steps), target_lengths)),
             target_codes=torch.from_numpy(self.classes[target_idx]),
             num_patients=num_patients,
@@ -113,14 +145,11 @@ class NextVisitModel(nn.Module):
     def forward(self, batch: Batch, code_embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Logits per head for the real steps of the batch: {"diagnosis": [S, num_codes]}."""
         g = self.code_embeddings() if code_embeddings is None else code_embeddings
-        bags = F.embedding_bag(batch.input_codes, g, batch.input_offsets, mode="sum")
-        visits = torch.tanh(bags).view(batch.num_patients, -1, g.shape[1])
-        # Packed, the GRU skips the padding steps (about 5/6 of a batch of MIMIC-like patients).
-        # A patient without steps gets length 1: its state is computed and never selected.
-        lengths = batch.step_mask.sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(visits, lengths, batch_first=True, enforce_sorted=False)
-        states, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=visits.shape[1])
-        states = self.dropout(states[batch.step_mask])
+        # Packed, the GRU skips the padding steps (about 5/6 of a batch of MIMIC-like patients),
+        # and the batch is built packed: no padded visit vectors, no unpacking.
+        visits = torch.tanh(F.embedding_bag(batch.input_codes, g, batch.input_offsets, mode="sum"))
+        packed = PackedSequence(visits, batch.batch_sizes, batch.sorted_indices, batch.unsorted_indices)
+        states = self.dropout(self.gru(packed)[0].data.index_select(0, batch.step_rows))
         return {name: head(states) for name, head in self.heads.items()}
 
 

@@ -18,12 +18,15 @@ def tiny_data():
     )
 
 
-def test_batch_builder_builds_padded_bags_and_next_visit_targets():
+def test_batch_builder_builds_packed_bags_and_next_visit_targets():
     batch = BatchBuilder(tiny_data(), np.arange(5)).build(np.array([0, 1]))
     assert batch.num_patients == 2 and batch.num_steps == 3
     assert batch.step_mask.tolist() == [[True, True], [True, False]]
-    assert batch.input_codes.tolist() == [0, 1, 2, 4]
-    assert batch.input_offsets.tolist() == [0, 2, 3, 4]  # last bag (padding) is empty
+    # Packed rows, time-major: (A, t0) [0, 1], (B, t0) [4], (A, t1) [2].
+    assert batch.batch_sizes.tolist() == [2, 1] and batch.sorted_indices.tolist() == [0, 1]
+    assert batch.input_codes.tolist() == [0, 1, 4, 2]
+    assert batch.input_offsets.tolist() == [0, 2, 3]
+    assert batch.step_rows.tolist() == [0, 2, 1]  # (A, 0), (A, 1), (B, 0)
     assert batch.step_patient.tolist() == [0, 0, 1]
     assert batch.target_rows.tolist() == [0, 1, 1, 2]
     assert batch.target_codes.tolist() == [2, 1, 3, 0]
@@ -73,3 +76,39 @@ def test_paper_loss_by_hand_with_uniform_predictions():
     assert abs(next_visit_loss(logits, batch, "paper").item() - expected) < 1e-5
     softmax_expected = -math.log(0.2)  # every step: mean over true codes of -log(1/5)
     assert abs(next_visit_loss(logits, batch, "softmax").item() - softmax_expected) < 1e-5
+
+
+def random_visits(seed: int, num_codes: int = 8):
+    """14 patients of 1-6 visits (one with a single visit: no step), ties in length."""
+    rng = np.random.default_rng(seed)
+    counts = np.concatenate([[1], rng.integers(2, 7, size=13)])
+    rng.shuffle(counts)
+    visits = [
+        sorted(rng.choice(num_codes, size=rng.integers(1, 4), replace=False)) for _ in range(counts.sum())
+    ]
+    data = SimpleNamespace(
+        patient_offsets=np.concatenate([[0], np.cumsum(counts)]),
+        visit_offsets=np.concatenate([[0], np.cumsum([len(v) for v in visits])]),
+        codes=np.array([c for v in visits for c in v]),
+    )
+    return data, counts, visits
+
+
+def test_packed_batch_equals_one_gru_run_per_patient():
+    for seed in range(3):
+        data, counts, visits = random_visits(seed)
+        torch.manual_seed(seed)
+        model = NextVisitModel(FixedEmbedder(8, 3), num_codes=8, dim=3, hidden=5, dropout=0.0).double().eval()
+        patients = np.random.default_rng(seed).permutation(len(counts))
+        batch = BatchBuilder(data, np.arange(8)).build(patients)
+        logits = model(batch)["diagnosis"]
+        expected = []
+        for p in patients:
+            first = data.patient_offsets[p]
+            multi_hot = torch.zeros(counts[p] - 1, 8, dtype=torch.float64)
+            for t in range(counts[p] - 1):
+                multi_hot[t, visits[first + t]] = 1
+            if len(multi_hot):
+                out, _ = model.gru(torch.tanh(multi_hot @ model.embedder.weight)[None])
+                expected.append(model.heads["diagnosis"](out[0]))
+        assert batch.num_steps == sum(counts - 1) and torch.allclose(logits, torch.cat(expected))
