@@ -112,3 +112,27 @@ def test_packed_batch_equals_one_gru_run_per_patient():
                 out, _ = model.gru(torch.tanh(multi_hot @ model.embedder.weight)[None])
                 expected.append(model.heads["diagnosis"](out[0]))
         assert batch.num_steps == sum(counts - 1) and torch.allclose(logits, torch.cat(expected))
+
+
+def test_paper_loss_closed_form_gradient_equals_autograd_through_the_formula():
+    """Second path: the paper's formula with a dense y, differentiated by autograd (saturated
+    logits included: there p is clamped below 1 and that term's gradient is 0)."""
+    from hapnet.predictor import PAPER_CLAMP, _PaperLoss
+
+    rng = np.random.default_rng(0)
+    rows = torch.from_numpy(np.repeat(np.arange(6), 3))
+    codes = torch.from_numpy(np.concatenate([rng.choice(9, 3, replace=False) for _ in range(6)]))
+    for scale in (1.0, 5.0, 60.0):
+        torch.manual_seed(int(scale))
+        logits = (torch.randn(6, 9, dtype=torch.float64) * scale).requires_grad_()
+        weights = torch.randn(6, dtype=torch.float64)
+        y = torch.zeros(6, 9, dtype=torch.float64)
+        y[rows, codes] = 1
+        log_p = torch.log_softmax(logits, dim=1)
+        reference = -(y * log_p + (1 - y) * torch.log1p(-log_p.exp().clamp(max=PAPER_CLAMP))).sum(1)
+        ours = _PaperLoss.apply(logits, rows, codes)
+        assert torch.allclose(ours, reference)
+        (grad,) = torch.autograd.grad((ours * weights).sum(), logits)
+        (grad_reference,) = torch.autograd.grad((reference * weights).sum(), logits)
+        assert torch.allclose(grad, grad_reference, atol=1e-10)
+    assert (logits.softmax(1) > PAPER_CLAMP).any()  # the last scale did saturate
