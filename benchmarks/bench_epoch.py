@@ -68,12 +68,14 @@ def main() -> None:
     hierarchy = model_ontology(config, ontology, vocab).compile()
     per_step_prop = propagation_flops(config.model, hierarchy, vocab.nodes, config.dim, config.attention_dim)
     builder = BatchBuilder(data, vocab.code_to_class)
-    flops = 0
-    batches = 0
-    for start in range(0, len(split.train), config.batch_size):
-        batch = builder.build(split.train[start : start + config.batch_size])
-        flops += per_step_prop + predictor_flops(batch.num_steps, config.dim, config.hidden, len(vocab))
-        batches += 1
+    batches = [
+        builder.build(split.train[start : start + config.batch_size])
+        for start in range(0, len(split.train), config.batch_size)
+    ]
+    flops = sum(
+        per_step_prop + predictor_flops(batch.num_steps, config.dim, config.hidden, len(vocab))
+        for batch in batches
+    )
     flops *= BACKWARD_FACTOR
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,7 +87,7 @@ def main() -> None:
     print(f"threads: {torch.get_num_threads()}, matmul 2048^2 fp32: {speed:.0f} GFLOP/s")
     print(
         f"model {config.model}, preset {args.preset}, ontology scope {config.ontology_scope}: "
-        f"{batches} steps/epoch, "
+        f"{len(batches)} steps/epoch, "
         f"propagation {per_step_prop * BACKWARD_FACTOR / 1e9:.2f} GFLOP/step (fwd+bwd)"
     )
     print(
@@ -95,23 +97,20 @@ def main() -> None:
     print("seconds per epoch:", [round(s, 2) for s in result.metrics["train_seconds_per_epoch"]])
     if args.phases:
         model = build_model(config, ontology, vocab)
-        phases = time_phases(model, make_optimizer(config, model), builder, split.train, config)
+        phases = time_phases(model, make_optimizer(config, model), batches, config.loss)
         print("ms per step: " + ", ".join(f"{name} {ms:.1f}" for name, ms in phases.items()))
 
 
-def time_phases(model, optimizer, builder, patients, config) -> dict[str, float]:  # noqa: ANN001
-    """Mean milliseconds per step of each phase over one epoch, after 5 warm-up steps (the
-    trainer's step, cut where `hapnet.train` does its work)."""
+def time_phases(model, optimizer, batches, loss_kind: str) -> dict[str, float]:  # noqa: ANN001
+    """Mean milliseconds per step of each phase over one epoch's batches, after 5 warm-up steps
+    (the trainer's step, cut where `hapnet.train` does its work)."""
     model.train()
-    batches = [
-        builder.build(patients[i : i + config.batch_size]) for i in range(0, len(patients), config.batch_size)
-    ]
     totals = np.zeros(4)
     for index, batch in enumerate(batches[:5] + batches):
         marks = [time.perf_counter()]
         g = model.code_embeddings()
         marks.append(time.perf_counter())
-        loss = next_visit_loss(model(batch, g)[DIAGNOSIS], batch, config.loss)
+        loss = next_visit_loss(model(batch, g)[DIAGNOSIS], batch, loss_kind)
         marks.append(time.perf_counter())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

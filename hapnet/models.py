@@ -100,11 +100,11 @@ class CodeEmbedder(nn.Module):
         base embedding (not in `base_nodes`)."""
         raise NotImplementedError
 
-    def _every_node(self, g: Tensor) -> Tensor:
-        """[num_nodes, dim] from g of `base_nodes` (in order), NaN for the other nodes."""
+    def _every_node(self, g: Tensor, fill: float = float("nan")) -> Tensor:
+        """[num_nodes, dim] from g of `base_nodes` (in order), `fill` for the other nodes."""
         if len(self.base_nodes) == self.num_nodes:
             return g
-        out = g.new_full((self.num_nodes, g.shape[1]), float("nan"))
+        out = g.new_full((self.num_nodes, g.shape[1]), fill)
         return out.index_copy(0, torch.from_numpy(self.base_nodes).to(g.device), g)
 
     def explain(self, nodes: Sequence[int] | np.ndarray) -> Tensor:
@@ -580,7 +580,7 @@ class HAPEmbedder(CodeEmbedder):
                 g, _ = self._propagate(plan, probe, weights)  # [len(part), len(part)] = W probe
                 eye = torch.eye(len(part), dtype=weight.dtype, device=weight.device)
                 (grad,) = torch.autograd.grad(g, probe, eye)  # grad[j, r] = W[r, base_nodes[j]]
-            rows.append(self._every_node(grad).nan_to_num_(0.0).t())
+            rows.append(self._every_node(grad, fill=0.0).t())
         if not rows:
             return weight.new_zeros((0, self.num_nodes))
         return torch.cat(rows)

@@ -146,6 +146,10 @@ class Ontology:
     def num_children(self) -> np.ndarray:
         return np.bincount(self.edge_parent, minlength=len(self))
 
+    @property
+    def _children_before_truncation(self) -> np.ndarray:
+        return self.num_children if self._full_num_children is None else self._full_num_children
+
     @cached_property
     def num_parents(self) -> np.ndarray:
         return np.bincount(self.edge_child, minlength=len(self))
@@ -173,8 +177,7 @@ class Ontology:
         active = self.levels >= self.cut_level
         per_level = self.per_level()
         # Leaves of the full ontology below the cut: codes with no ancestor in range.
-        full_children = self.num_children if self._full_num_children is None else self._full_num_children
-        full_leaf = full_children == 0
+        full_leaf = self._children_before_truncation == 0
         full_leaf[0] = False
         return {
             "name": self.name,
@@ -275,7 +278,6 @@ class Ontology:
         if cut <= self.cut_level:
             return self
         keep = self.levels[self.edge_parent] >= cut
-        full_num_children = self.num_children if self._full_num_children is None else self._full_num_children
         return Ontology(
             name=self.name,
             ids=self.ids,
@@ -286,7 +288,7 @@ class Ontology:
             cut_level=cut,
             source=self.source,
             _index=self._index,
-            _full_num_children=full_num_children,
+            _full_num_children=self._children_before_truncation,
         )
 
     def prune(self, observed: np.ndarray) -> Ontology:
@@ -303,12 +305,11 @@ class Ontology:
             edges = child_level == level
             keep[self.edge_parent[edges & keep[self.edge_child]]] = True
         edges = keep[self.edge_child]
-        full_num_children = self.num_children if self._full_num_children is None else self._full_num_children
         return replace(
             self,
             edge_parent=self.edge_parent[edges],
             edge_child=self.edge_child[edges],
-            _full_num_children=full_num_children,
+            _full_num_children=self._children_before_truncation,
         )
 
     def compile(self):  # noqa: ANN201 - avoids importing torch for ontology-only commands

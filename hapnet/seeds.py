@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,6 @@ SWEEP_MANIFEST = "seeds.json"
 
 def check_sweep_settings(out: Path, config: TrainConfig) -> None:
     """Refuse to add runs of `config` to a sweep folder whose runs have other settings."""
-    import json
-
     from hapnet.runs import CONFIG
 
     manifest = out / SWEEP_MANIFEST
@@ -112,8 +111,6 @@ def train_seeds(
     Finished seeds (a complete run folder) are reused, so an interrupted sweep resumes; a sweep
     started with other settings or on other data is refused (unless `force`).
     """
-    import json
-
     from hapnet.runs import DATA_FINGERPRINT, METRICS, data_fingerprint, is_run_dir, write_json
     from hapnet.trainer import load_training_data, resume, train
 
