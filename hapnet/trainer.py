@@ -22,7 +22,7 @@ from hapnet.metrics import AccuracyAtK, frequency_groups
 from hapnet.models import get_model
 from hapnet.ontology import Ontology
 from hapnet.ontology_io import load_ontology
-from hapnet.optim import Adadelta
+from hapnet.optim import Adadelta, make_adam
 from hapnet.predictor import DIAGNOSIS, BatchBuilder, NextVisitModel, next_visit_loss
 from hapnet.visits import VisitData, load_visits
 
@@ -192,9 +192,9 @@ def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.O
     params = model.parameters()
     if config.optimizer == "adadelta":  # the paper's (Theano defaults: rho 0.95, eps 1e-6)
         return Adadelta(params, lr=config.lr, rho=0.95, eps=1e-6, weight_decay=config.weight_decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return make_adam(
+        params, decoupled=config.optimizer == "adamw", lr=config.lr, weight_decay=config.weight_decay
+    )
 
 
 # ----------------------------------------------------------------------------- loop
