@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from hapnet.gru import packed_gru
+
 if TYPE_CHECKING:
     from hapnet.visits import VisitData
 
@@ -148,8 +150,12 @@ class NextVisitModel(nn.Module):
         # Packed, the GRU skips the padding steps (about 5/6 of a batch of MIMIC-like patients),
         # and the batch is built packed: no padded visit vectors, no unpacking.
         visits = torch.tanh(F.embedding_bag(batch.input_codes, g, batch.input_offsets, mode="sum"))
-        packed = PackedSequence(visits, batch.batch_sizes, batch.sorted_indices, batch.unsorted_indices)
-        states = self.dropout(self.gru(packed)[0].data.index_select(0, batch.step_rows))
+        if visits.device.type == "cpu":  # batched weight gradients (see hapnet.gru)
+            rows = packed_gru(visits, batch.batch_sizes, self.gru)
+        else:
+            packed = PackedSequence(visits, batch.batch_sizes, batch.sorted_indices, batch.unsorted_indices)
+            rows = self.gru(packed)[0].data
+        states = self.dropout(rows.index_select(0, batch.step_rows))
         return {name: head(states) for name, head in self.heads.items()}
 
 

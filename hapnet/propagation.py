@@ -10,7 +10,9 @@ and step); per edge only an add, a tanh and a dot with u remain (`edge_scores`, 
 output is kept for the backward). The softmax runs over segments (all candidates of one
 target, `segment_softmax`); the weighted sum over each target's candidates is one fused
 `embedding_bag` call (gather, scale and sum without an [edges, dim] intermediate, with fused
-backward for both the embeddings and the weights).
+backward for both the embeddings and the weights). Where every target has exactly one candidate
+in each group (HAP's top-down steps on a tree: itself and its parent), the softmax is a dense
+one over a [groups, targets] matrix and the sums are row-aligned: no scatter at all.
 
 Candidates come in groups (`Candidates`): the candidates of one group have their embeddings in
 one tensor. HAP keeps the embeddings of each level in their own tensors (no step copies the whole
@@ -262,6 +264,8 @@ class EdgeIndex(nn.Module):
         """out [T, d]: out_t = sum over candidates e of t of weight_e * values[source_e]."""
         if self.source is None:  # self candidates: row t of values belongs to target t
             return scale_rows(values, weight)
+        if self.target is None:  # one candidate per target: a gather, not bags of one
+            return scale_rows(values.index_select(0, self.source), weight)
         offsets = self.positions if self.offsets is None else self.offsets
         return F.embedding_bag(self.source, values, offsets, mode="sum", per_sample_weights=weight)
 
@@ -285,6 +289,8 @@ def attention_weights(
     for group in groups:
         assert group.keys is not None, "scores need key projections"
         scores.append(edge_scores(query_proj, group.keys, scorer.u, group.edges.target, group.edges.source))
+    if all(group.edges.target is None for group in groups):  # one candidate per target and group
+        return list(torch.stack(scores).softmax(dim=0).unbind(0))  # a dense [groups, targets] softmax
     index = torch.cat([group.edges.segment() for group in groups])
     alpha = segment_softmax(torch.cat(scores), index, query_proj.shape[0])
     return list(alpha.split([len(s) for s in scores]))
