@@ -136,3 +136,20 @@ def test_paper_loss_closed_form_gradient_equals_autograd_through_the_formula():
         (grad_reference,) = torch.autograd.grad((reference * weights).sum(), logits)
         assert torch.allclose(grad, grad_reference, atol=1e-10)
     assert (logits.softmax(1) > PAPER_CLAMP).any()  # the last scale did saturate
+
+
+def test_dropout_keeps_each_entry_with_probability_1_minus_p_and_rescales():
+    from hapnet.predictor import Dropout
+
+    torch.manual_seed(0)
+    dropout = Dropout(0.4)
+    x = torch.full((400, 500), 2.0, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    assert abs(kept.double().mean().item() - 0.6) < 0.005  # 200k draws: sd ~0.001
+    assert torch.allclose(y[kept], torch.tensor(2.0 / 0.6))
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(grad != 0, kept) and torch.allclose(grad[kept], torch.tensor(1 / 0.6))
+    dropout.eval()
+    assert torch.equal(dropout(x), x)
+    assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))
