@@ -32,8 +32,10 @@ class _PackedGRU(torch.autograd.Function):
         rz_all = x.new_empty(len(x), 2 * hidden)  # sigmoid gates r, z of every row
         n_all = x.new_empty(len(x), hidden)  # candidate state n
         hn_all = x.new_empty(len(x), hidden)  # W_hn h + b_hn, which r multiplies
+        starts = []  # first packed row of every step
         start, previous = 0, None
         for size in batch_sizes:
+            starts.append(start)
             end = start + size
             gx = gates_x[start:end]
             if previous is None:  # h_0 = 0: the recurrent product is its bias
@@ -53,18 +55,15 @@ class _PackedGRU(torch.autograd.Function):
                 torch.addcmul(n, z, h_prev - n, out=h)
             previous, start = start, end
         ctx.save_for_backward(x, weight_ih, weight_hh, out, rz_all, n_all, hn_all)
-        ctx.batch_sizes = batch_sizes
+        ctx.batch_sizes, ctx.starts = batch_sizes, starts
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, weight_ih, weight_hh, out, rz_all, n_all, hn_all = ctx.saved_tensors
-        batch_sizes = ctx.batch_sizes
+        batch_sizes, starts = ctx.batch_sizes, ctx.starts
         hidden = weight_hh.shape[1]
-        starts = [0]
-        for size in batch_sizes[:-1]:
-            starts.append(starts[-1] + size)
         grad_gx = x.new_empty(len(x), 3 * hidden)  # d loss / d (W_i x + b_i), per gate
         grad_gh = x.new_empty(len(x), 3 * hidden)  # d loss / d (W_h h + b_h), per gate
         h_prev_all = out.new_zeros(len(x), hidden)  # h_{t-1} of every row (0 at the first step)

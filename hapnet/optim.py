@@ -43,7 +43,7 @@ class Adadelta(torch.optim.Adadelta):
         """`compiled`: None decides by size (see the module's docstring), False never compiles."""
         super().__init__(params, *args, **kwargs)
         self.compiled = compiled
-        self._compiled: _CompiledUpdate | None = None  # made on first use
+        self._compiled_update: _CompiledUpdate | None = None  # made on first use
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -71,11 +71,10 @@ class Adadelta(torch.optim.Adadelta):
                     bucket.append(tensor)
             if not tensors[0]:
                 continue
-            if self._use_compiled(tensors[0]):
-                self._compiled(*tensors, lr, rho, eps, decay, sign)
-            else:
+            settings = (lr, rho, eps, decay, sign)
+            if not (self._use_compiled(tensors[0]) and self._compiled_update(*tensors, *settings)):
                 for param, grad, square_avg, acc_delta in zip(*tensors, strict=True):
-                    _sliced_update(param, grad, square_avg, acc_delta, lr, rho, eps, decay, sign)
+                    _sliced_update(param, grad, square_avg, acc_delta, *settings)
         return loss
 
     def _use_compiled(self, params: list[torch.Tensor]) -> bool:
@@ -83,9 +82,9 @@ class Adadelta(torch.optim.Adadelta):
             return False
         if self.compiled is None and sum(p.numel() for p in params) < COMPILE_MIN_ELEMENTS:
             return False
-        if self._compiled is None:
-            self._compiled = _CompiledUpdate()
-        return not self._compiled.failed
+        if self._compiled_update is None:
+            self._compiled_update = _CompiledUpdate()
+        return not self._compiled_update.failed
 
     def _cpu_update_applies(self) -> bool:
         for group in self.param_groups:
@@ -139,21 +138,23 @@ def _update_all(params, grads, square_avgs, acc_deltas, *settings: float) -> Non
 
 
 class _CompiledUpdate:
-    """`_update_all` through torch.compile; the first call compiles, and a failure there (no C++
-    compiler, an inductor limitation) is reported once and answered with the sliced update."""
+    """`_update_all` through torch.compile; the first call compiles. A failure there (no C++
+    compiler, an inductor limitation) is reported once; the call then returns False and the
+    caller runs the sliced update."""
 
     def __init__(self) -> None:
         self.function = torch.compile(_update_all, dynamic=False)
         self.failed = False
 
-    def __call__(self, params, grads, square_avgs, acc_deltas, *settings: float) -> None:  # noqa: ANN001
+    def __call__(self, *tensors_and_settings) -> bool:  # noqa: ANN002
+        """Whether the update ran."""
         try:
-            self.function(params, grads, square_avgs, acc_deltas, *settings)
+            self.function(*tensors_and_settings)
         except Exception as error:  # any compile failure: fall back, never stop the training
             # A failed compile raises before the compiled code runs: nothing was updated yet.
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             message = f"compiled Adadelta update unavailable ({first_line}); using the sliced one"
             warnings.warn(message, stacklevel=3)
             self.failed = True
-            for tensors in zip(params, grads, square_avgs, acc_deltas, strict=True):
-                _sliced_update(*tensors, *settings)
+            return False
+        return True

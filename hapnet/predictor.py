@@ -135,10 +135,8 @@ class Dropout(nn.Dropout):
     entry kept with probability 1 - p and scaled by 1 / (1 - p)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0 or x.device.type != "cpu":
+        if not self.training or not 0.0 < self.p < 1.0 or x.device.type != "cpu":
             return super().forward(x)
-        if self.p == 1.0:
-            return x * 0.0
         keep = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
         return x * keep
 
