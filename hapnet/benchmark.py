@@ -215,10 +215,13 @@ def _measure(
             propagation["naive"] = naive_propagation
             step["naive"] = naive_step
 
+        batch_codes = vocab.nodes[batch.input_classes]  # the embeddings a step needs
         flops = {
             "propagation": BACKWARD_FACTOR
             * propagation_flops(name, hierarchy, vocab.nodes, dim, attention_dim),
-            "train_step": training_step_flops(name, hierarchy, vocab.nodes, real, dim, attention_dim, hidden),
+            "train_step": training_step_flops(
+                name, hierarchy, vocab.nodes, real, dim, attention_dim, hidden, embedded=batch_codes
+            ),
         }
         for part, functions in (("propagation", propagation), ("train_step", step)):
             times = time_interleaved(functions, repeats, warmup, torch_device, CLOCKS[clock])

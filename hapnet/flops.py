@@ -30,14 +30,6 @@ def attention_step_flops(step: Step, dim: int, attention_dim: int, new_queries: 
     return flops
 
 
-def _active_step(step: Step, active: np.ndarray) -> Step:
-    """The part of a step whose targets are `active` (a mask over step.targets)."""
-    keep = active[step.edge_target]
-    position = np.full(len(step.targets), -1, dtype=np.int64)
-    position[active] = np.arange(int(active.sum()))
-    return Step(step.level, step.targets[active], position[step.edge_target[keep]], step.edge_source[keep])
-
-
 def propagation_flops(
     model: str, hierarchy: Hierarchy, vocab: np.ndarray, dim: int, attention_dim: int
 ) -> int:
@@ -49,7 +41,7 @@ def propagation_flops(
         bottom_up, top_down = _needed(hierarchy, np.asarray(vocab, dtype=np.int64))
         steps = zip(hierarchy.bottom_up + hierarchy.top_down, bottom_up + top_down, strict=True)
         return sum(
-            attention_step_flops(_active_step(step, active), dim, attention_dim, True)
+            attention_step_flops(step.keep(active), dim, attention_dim, True)
             for step, active in steps
             if active.any()
         )
@@ -73,9 +65,12 @@ def training_step_flops(
     dim: int,
     attention_dim: int,
     hidden: int,
+    embedded: np.ndarray | None = None,
 ) -> int:
-    """Forward + backward FLOPs of one training step: code embedder, visit GRU, output layer."""
-    forward = propagation_flops(model, hierarchy, vocab, dim, attention_dim)
+    """Forward + backward FLOPs of one training step: code embedder, visit GRU, output layer.
+    `embedded`: the codes of the batch's input visits, the only embeddings its loss depends on
+    (default: every code of `vocab`)."""
+    forward = propagation_flops(model, hierarchy, vocab if embedded is None else embedded, dim, attention_dim)
     forward += predictor_flops(steps, dim, hidden, len(vocab))
     return BACKWARD_FACTOR * forward
 

@@ -27,6 +27,15 @@ class Step:
     def num_candidates(self) -> int:
         return len(self.edge_source)
 
+    def keep(self, active: np.ndarray) -> Step:
+        """The part of this step whose targets are `active` (a bool mask over `targets`), in the
+        same order, self candidates still first."""
+        keep = active[self.edge_target]
+        position = np.full(len(self.targets), -1, dtype=np.int64)
+        position[active] = np.arange(int(active.sum()))
+        edge_target = position[self.edge_target[keep]]
+        return Step(self.level, self.targets[active], edge_target, self.edge_source[keep])
+
 
 def _step(level: int, targets_of_edges: np.ndarray, sources_of_edges: np.ndarray) -> Step:
     targets, position = np.unique(targets_of_edges, return_inverse=True)

@@ -46,6 +46,10 @@ class CodeEmbedder(nn.Module):
     """What every embedder shares: base embeddings e (one row per node in `base_nodes`, all nodes
     by default) and the vocab as a buffer. Node indices go through `rows` to reach the table."""
 
+    # True where embedding some codes costs much less than embedding them all (the attention
+    # models): training then embeds only the codes of each batch's visits (`embed`).
+    subset_is_cheaper = False
+
     def __init__(self, hierarchy: Hierarchy, vocab: np.ndarray, config: EmbedderConfig):
         super().__init__()
         self.hierarchy = hierarchy
@@ -90,6 +94,11 @@ class CodeEmbedder(nn.Module):
         if len(self.base_nodes) < self.num_nodes:
             vectors = vectors[torch.from_numpy(self.base_nodes).to(vectors.device)]
         self.base.weight.copy_(vectors)
+
+    def embed(self, classes: np.ndarray) -> Tensor:
+        """g of the codes `vocab[classes]` (distinct positions), [len(classes), dim]: the same
+        rows as `forward()`, computed with as little work as the model allows."""
+        return self().index_select(0, torch.from_numpy(classes).to(self.base.weight.device))
 
     def base_embeddings(self) -> Tensor:
         """Base embeddings e of every node, [num_nodes, dim]; NaN rows for the nodes without one."""
@@ -243,8 +252,20 @@ class GRAMEmbedder(CodeEmbedder):
         rows = weight if index.every_row else weight.index_select(0, index.rows)  # e of nodes in use
         return attend(index.edges, rows.index_select(0, index.query_rows), rows, self.attention)
 
+    subset_is_cheaper = True
+
     def forward(self) -> Tensor:
         return self._run(self.index)[0]
+
+    def embed(self, classes: np.ndarray) -> Tensor:
+        wanted = np.zeros(len(self.vocab_nodes), dtype=bool)
+        wanted[classes] = True
+        index = _AncestorIndex(self.index.step.keep(wanted), self).to(self.base.weight.device)
+        g = self._run(index)[0]  # in vocab order
+        order = np.argsort(np.argsort(classes, kind="stable"), kind="stable")  # rank of each class
+        if np.array_equal(order, np.arange(len(order))):
+            return g
+        return g.index_select(0, torch.from_numpy(order).to(g.device))
 
     def all_node_embeddings(self) -> Tensor:
         if self._all_nodes is None:
@@ -272,12 +293,10 @@ QUERY, KEY = "query", "key"
 @dataclass
 class _Table:
     """Rows of embeddings the plan keeps in one tensor: a piece of base embeddings, or one step's
-    output. `needs`: scorer -> True if the rows are queries (W_q q + b and W_k k), False if only
-    candidates (W_k k)."""
+    output."""
 
     nodes: np.ndarray  # node index of each row
     from_base: bool
-    needs: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -296,6 +315,19 @@ class _PlanStep:
     targets: np.ndarray  # node indices, in output-row order
     groups: list[_Group]  # groups[0]: the self candidates, whose embeddings are also the queries
     out: int  # table holding the new embeddings
+
+
+@dataclass
+class _Part:
+    """Some outputs of a restricted run (`_HAPPlan.restrict`): rows `rows` of table `table`, or,
+    with `step` set, that terminal step run for the targets whose own embeddings are those rows
+    (`edges`: its candidate groups cut to them, the self group first)."""
+
+    positions: np.ndarray  # positions of these outputs among the wanted ones
+    table: int
+    rows: Tensor
+    step: int | None = None
+    edges: list[EdgeIndex] = field(default_factory=list)
 
 
 class _HAPPlan(nn.Module):
@@ -346,6 +378,18 @@ class _HAPPlan(nn.Module):
         positions = np.concatenate([pos for _, _, pos in final])
         order = None if np.array_equal(positions, np.arange(len(outputs))) else np.argsort(positions)
         del self._table_of, self._row_of
+        self._output_table = np.empty(len(outputs), dtype=np.int64)  # where each output lives
+        self._output_row = np.empty(len(outputs), dtype=np.int64)
+        for table, source, where in final:
+            self._output_table[where] = table
+            self._output_row[where] = np.arange(self.size(table)) if source is None else source
+        # Terminal steps: top-down steps whose new embeddings no later step reads (the leaves').
+        # Their targets matter only as outputs, so `restrict` runs them for the wanted ones only.
+        read = {group.table for step in self.steps for group in step.groups}
+        self.terminal = [step.scorer == DOWN and step.out not in read for step in self.steps]
+        self._terminal_step = {step.out: k for k, step in enumerate(self.steps) if self.terminal[k]}
+        self.needs = _projections_needed(self.steps, len(self.tables), [False] * len(self.steps))
+        self.static_needs = _projections_needed(self.steps, len(self.tables), self.terminal)
 
         # Base rows: one gather, split into the pieces.
         self.base_tables = [t for t, table in enumerate(self.tables) if table.from_base]
@@ -374,6 +418,38 @@ class _HAPPlan(nn.Module):
 
     def final_source(self, i: int) -> Tensor | None:
         return self._buffers[f"final{i}_source"]
+
+    def restrict(self, wanted: np.ndarray) -> list[_Part]:
+        """The outputs at positions `wanted` (distinct), as the parts `HAPEmbedder._propagate`
+        assembles them from: rows of tables the static steps compute, or terminal steps run for
+        the wanted targets only."""
+        device = self.base_rows.device
+        tables, rows = self._output_table[wanted], self._output_row[wanted]
+        parts = []
+        for table in np.unique(tables):
+            where = np.flatnonzero(tables == table)
+            order = np.argsort(rows[where], kind="stable")
+            where, kept = where[order], rows[where][order]
+            index = torch.from_numpy(kept).to(device)
+            k = self._terminal_step.get(int(table))
+            if k is None:
+                parts.append(_Part(where, int(table), index))
+                continue
+            step = self.steps[k]
+            position = np.full(len(step.targets), -1, dtype=np.int64)  # target -> kept target
+            position[kept] = np.arange(len(kept))
+            edges = [EdgeIndex(None, None, len(kept)).to(device)]  # the kept self rows, gathered
+            for group in step.groups[1:]:
+                assert group.source is not None, "candidates other than self name their rows"
+                target = np.arange(len(step.targets)) if group.target is None else group.target
+                keep = position[target] >= 0
+                size = self.size(group.table)
+                edge = EdgeIndex(position[target[keep]], group.source[keep], len(kept), size)
+                edges.append(edge.to(device))
+            own = step.groups[0].source
+            own_rows = index if own is None else torch.from_numpy(own[kept]).to(device)
+            parts.append(_Part(where, step.groups[0].table, own_rows, k, edges))
+        return parts
 
     # ------------------------------------------------------------------ compiling
     def _new_table(self, nodes: np.ndarray, from_base: bool) -> int:
@@ -414,14 +490,12 @@ class _HAPPlan(nn.Module):
                 targets, rows = targets[order], rows[order]
                 if len(rows) == self.size(table) and np.array_equal(rows, np.arange(len(rows))):
                     rows = None
-            self.tables[table].needs[scorer] = True
             groups = [_Group(table, rows, None)]
             position_of = np.full(num, -1, dtype=np.int64)
             position_of[np.searchsorted(step.targets, targets)] = np.arange(len(targets))
             keep = position_of[edge_target] >= 0
             sources, positions_of_edges = edge_source[keep], position_of[edge_target[keep]]
             for source_table, source_rows, where in self._read(sources):
-                self.tables[source_table].needs.setdefault(scorer, False)
                 if source_rows is None:
                     source_rows = np.arange(len(where))
                 order = np.argsort(positions_of_edges[where], kind="stable")  # by target
@@ -431,6 +505,21 @@ class _HAPPlan(nn.Module):
         # Locations change after the whole level: targets of one level never read each other.
         for plan_step in self.steps[first:]:
             self._place(plan_step.out)
+
+
+def _projections_needed(
+    steps: list[_PlanStep], num_tables: int, per_batch: list[bool]
+) -> list[dict[str, bool]]:
+    """Per table, scorer -> True where its rows are queries of a step (W_q q + b and W_k k are
+    needed), False where they are only candidates (W_k k). The self rows of `per_batch` steps are
+    projected when those steps run, so they count here only as candidates of other steps."""
+    needs: list[dict[str, bool]] = [{} for _ in range(num_tables)]
+    for step, later in zip(steps, per_batch, strict=True):
+        if not later:
+            needs[step.groups[0].table][step.scorer] = True
+        for group in step.groups[1:]:
+            needs[group.table].setdefault(step.scorer, False)
+    return needs
 
 
 def _needed(hierarchy: Hierarchy, outputs: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -497,6 +586,8 @@ class HAPEmbedder(CodeEmbedder):
     parameters. Vectorised per level; the Python loops run over levels and tables only.
     """
 
+    subset_is_cheaper = True
+
     def __init__(self, hierarchy: Hierarchy, vocab: np.ndarray, config: EmbedderConfig):
         super().__init__(hierarchy, vocab, config)
         self.up = AttentionScorer(config.dim, config.attention_dim)
@@ -506,6 +597,9 @@ class HAPEmbedder(CodeEmbedder):
 
     def forward(self) -> Tensor:
         return self._propagate(self.plan, self.base.weight)[0]
+
+    def embed(self, classes: np.ndarray) -> Tensor:
+        return self._propagate(self.plan, self.base.weight, parts=self.plan.restrict(classes))[0]
 
     def all_node_embeddings(self) -> Tensor:
         return self._every_node(self._propagate(self._plan_for_all(), self.base.weight)[0])
@@ -517,15 +611,22 @@ class HAPEmbedder(CodeEmbedder):
         return self._all_nodes.to(self.base.weight.device)
 
     def _propagate(
-        self, plan: _HAPPlan, base: Tensor, weights: list[list[Tensor]] | None = None
+        self,
+        plan: _HAPPlan,
+        base: Tensor,
+        weights: list[list[Tensor]] | None = None,
+        parts: list[_Part] | None = None,
     ) -> tuple[Tensor, list[list[Tensor]]]:
         """Run the plan on base embeddings [len(base_nodes), width]: (outputs, attention weights).
 
         With `weights` given (from an earlier run) no score is computed: the embeddings are
-        propagated with those weights (what `explain` does, with one-hot rows as `base`).
+        propagated with those weights (what `explain` does, with one-hot rows as `base`). With
+        `parts` (`plan.restrict`) only those outputs are computed: the terminal steps run for
+        them alone, and no attention weights are returned.
         """
         scorers = {UP: self.up, DOWN: self.down}
         score = weights is None
+        needs = plan.needs if parts is None else plan.static_needs
         values: list[Tensor | None] = [None] * len(plan.tables)
         projections: list[dict] = [{} for _ in plan.tables]
         stacked: dict = {}  # [W_q; W_k] per kind of table, built once per run
@@ -535,11 +636,13 @@ class HAPEmbedder(CodeEmbedder):
         pieces = rows.split([plan.size(t) for t in plan.base_tables])
         for t, piece in zip(plan.base_tables, pieces, strict=True):
             values[t] = piece
-            if score and plan.tables[t].needs:
-                projections[t] = _project(piece, plan.tables[t].needs, scorers, stacked)
+            if score and needs[t]:
+                projections[t] = _project(piece, needs[t], scorers, stacked)
 
         all_weights = []
-        for step, step_edges in zip(plan.steps, plan.edges, strict=True):
+        for k, (step, step_edges) in enumerate(zip(plan.steps, plan.edges, strict=True)):
+            if parts is not None and plan.terminal[k]:
+                continue  # run below, for the wanted targets only
             groups = [
                 Candidates(values[g.table], projections[g.table].get((step.scorer, KEY)), edges)
                 for g, edges in zip(step.groups, step_edges, strict=True)
@@ -551,17 +654,48 @@ class HAPEmbedder(CodeEmbedder):
                 step_weights = weights[len(all_weights)]  # type: ignore[index]
             all_weights.append(step_weights)
             values[step.out] = out = weighted_sum(groups, step_weights)
-            if score and plan.tables[step.out].needs:
-                projections[step.out] = _project(out, plan.tables[step.out].needs, scorers, stacked)
+            if score and needs[step.out]:
+                projections[step.out] = _project(out, needs[step.out], scorers, stacked)
 
-        parts = []
+        if parts is not None:
+            return self._assemble(plan, parts, values, projections, stacked), []
+        parts_out = []
         for i, (table, _) in enumerate(plan.final):
             source = plan.final_source(i)
-            parts.append(values[table] if source is None else values[table].index_select(0, source))
-        result = torch.cat(parts) if len(parts) > 1 else parts[0]
+            parts_out.append(values[table] if source is None else values[table].index_select(0, source))
+        result = torch.cat(parts_out) if len(parts_out) > 1 else parts_out[0]
         if plan.final_order is not None:
             result = result.index_select(0, plan.final_order)
         return result, all_weights
+
+    def _assemble(
+        self, plan: _HAPPlan, parts: list[_Part], values: list, projections: list[dict], stacked: dict
+    ) -> Tensor:
+        """The wanted outputs of a restricted run, in order: static rows, and the terminal steps
+        run for the wanted targets (their own rows projected here, their parents' keys are)."""
+        out = []
+        for part in parts:
+            own = values[part.table].index_select(0, part.rows)
+            if part.step is None:
+                out.append(own)
+                continue
+            step = plan.steps[part.step]
+            scorer = {UP: self.up, DOWN: self.down}[step.scorer]
+            projected = _project(own, {step.scorer: True}, {step.scorer: scorer}, stacked)
+            groups = [Candidates(own, projected[(step.scorer, KEY)], part.edges[0])]
+            for group, edges in zip(step.groups[1:], part.edges[1:], strict=True):
+                keys = projections[group.table][(step.scorer, KEY)]
+                groups.append(Candidates(values[group.table], keys, edges))
+            step_weights = attention_weights(projected[(step.scorer, QUERY)], groups, scorer)
+            out.append(weighted_sum(groups, step_weights))
+        if not out:  # nothing wanted
+            return self.base.weight.new_zeros((0, self.base.weight.shape[1]))
+        result = torch.cat(out) if len(out) > 1 else out[0]
+        positions = np.concatenate([part.positions for part in parts])
+        if np.array_equal(positions, np.arange(len(positions))):
+            return result
+        inverse = torch.from_numpy(positions).to(result.device)  # positions[i]: where row i goes
+        return gather_rows(result, torch.from_numpy(np.argsort(positions)).to(result.device), inverse)
 
     def explain(self, nodes: Sequence[int] | np.ndarray, chunk: int = 256) -> Tensor:
         """W [len(nodes), num_nodes]: g_c = sum_j W[c, j] e_j, composing the attention weights of

@@ -3,6 +3,8 @@ baselines by hand, explanations, the registry."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,7 @@ from hapnet.models import (
     register_model,
 )
 from hapnet.ontology import Ontology
+from hapnet.predictor import DIAGNOSIS, BatchBuilder, NextVisitModel, next_visit_loss
 
 DTYPE = torch.float64
 SMALL = EmbedderConfig(dim=6, attention_dim=4, init_std=1.0)
@@ -200,6 +203,65 @@ def test_hap_gradient_reaches_every_node() -> None:
     assert (model.base.weight.grad.abs().sum(1) > 0).all()
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("levels", [2, None])
+def test_embed_some_codes_equals_those_rows_of_all(name: str, seed: int, levels: int | None) -> None:
+    """`embed(classes)` (what training runs, for a batch's codes) gives the same values and
+    gradients as those rows of `forward()`: vocabularies with inner nodes, multi-parent DAGs,
+    truncation, unsorted and empty subsets."""
+    onto = random_dag(seed)
+    rng = np.random.default_rng(seed)
+    vocab = rng.choice(np.arange(1, len(onto)), size=20, replace=False)
+    torch.manual_seed(seed)
+    model = double(get_model(name).embedder(onto.truncate(levels).compile(), vocab, SMALL))
+    for size in (7, 1, 20):
+        classes = rng.choice(len(vocab), size=size, replace=False)
+        assert_same_values_and_gradients(model, model.embed(classes), model()[classes])
+    assert model.embed(np.zeros(0, dtype=np.int64)).shape == (0, SMALL.dim)
+
+
+@pytest.mark.parametrize("name", ["hap", "gram"])
+def test_training_step_embeds_the_batch_codes_with_the_same_loss_and_gradients(name: str) -> None:
+    onto = random_dag(1)
+    vocab = np.arange(1, len(onto))
+    rng = np.random.default_rng(0)
+    visits = [rng.choice(len(vocab), size=3, replace=False) for _ in range(9)]  # 3 patients
+    data = SimpleNamespace(
+        patient_offsets=np.array([0, 2, 5, 9]),
+        visit_offsets=np.concatenate([[0], np.cumsum([len(v) for v in visits])]),
+        codes=np.concatenate(visits),
+    )
+    batch = BatchBuilder(data, np.arange(len(vocab))).build(np.array([0, 1, 2]))
+    assert len(batch.input_classes) < len(vocab)
+    torch.manual_seed(0)
+    embedder = get_model(name).embedder(onto.compile(), vocab, SMALL)
+    model = double(NextVisitModel(embedder, len(vocab), SMALL.dim, 5, dropout=0.0))
+    losses, grads = [], []
+    for every_code in (False, True):
+        g = model.code_embeddings() if every_code else None
+        loss = next_visit_loss(model(batch, g)[DIAGNOSIS], batch, "paper")
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    assert torch.allclose(losses[0], losses[1])
+    for (param, _), grad, ref in zip(model.named_parameters(), *grads, strict=True):
+        assert torch.allclose(grad, ref), param
+
+
+def test_hap_embed_runs_the_leaf_steps_for_the_wanted_codes_only() -> None:
+    onto = five_nodes()
+    vocab = np.array([onto.index("a"), onto.index("b")])
+    model = double(HAPEmbedder(onto.compile(), vocab, EmbedderConfig(2, 3)))
+    uniform_attention(model)
+    set_base(model, onto, {"<ROOT>": [6, 0], "A": [2, 4], "B": [0, 2], "a": [4, 0], "b": [2, 2]})
+    plan = model.plan
+    terminal = [step.targets.tolist() for step, t in zip(plan.steps, plan.terminal, strict=True) if t]
+    assert terminal == [vocab.tolist()]
+    (part,) = model.plan.restrict(np.array([1]))
+    assert part.step is not None and part.rows.tolist() == [1]  # b's top-down step, for b alone
+    assert torch.allclose(model.embed(np.array([1])), torch.tensor([[25 / 12, 11 / 6]], dtype=DTYPE))
+
+
 # ----------------------------------------------------------------------------- GRAM
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("levels", [1, 2, None])
@@ -362,4 +424,6 @@ def test_cuda_equals_cpu(name: str) -> None:
     (out_cuda * weights.cuda()).sum().backward()
     assert out_cuda.is_cuda
     assert torch.allclose(out_cuda.cpu(), out) and torch.allclose(model.base.weight.grad.cpu(), cpu_grad)
+    classes = np.array([5, 0, 9])
+    assert torch.allclose(model.embed(classes).cpu(), out[classes])
     assert torch.allclose(model.all_node_embeddings().cpu(), model.cpu().all_node_embeddings())

@@ -32,6 +32,12 @@ def test_batch_builder_builds_packed_bags_and_next_visit_targets():
     assert batch.target_codes.tolist() == [2, 1, 3, 0]
 
 
+def test_batch_lists_its_input_classes_once():
+    batch = BatchBuilder(tiny_data(), np.array([4, 3, 2, 1, 0])).build(np.array([0, 1]))
+    assert batch.input_classes.tolist() == [0, 2, 3, 4]  # codes 0, 1, 4, 2 as classes 4, 3, 0, 2
+    assert batch.input_classes[batch.input_local.numpy()].tolist() == batch.input_codes.tolist()
+
+
 def test_batch_builder_maps_nodes_to_classes():
     code_to_class = np.array([4, 3, 2, 1, 0])
     batch = BatchBuilder(tiny_data(), code_to_class).build(np.array([1]))
