@@ -4,9 +4,10 @@ against its arithmetic floor (FLOPs / this machine's measured matmul speed).
     python benchmarks/bench_epoch.py [--model hap] [--patients 7500] [--epochs 2] [--phases]
 
 Prints the data shape, seconds per epoch (the fastest after the first), the epoch's FLOPs,
-the floor, and the ratio; `--phases` also times one more epoch's steps phase by phase (embedder
-forward, predictor + loss forward, backward, optimiser). Not a test: run it by hand and record
-the figures.
+the floor, and the ratio. A step embeds only its batch's codes, so the floor counts the
+propagation those need; the floor with every code embedded at every step is printed too.
+`--phases` also times one more epoch's steps phase by phase (embedder forward, predictor + loss
+forward, backward, optimiser). Not a test: run it by hand and record the figures.
 """
 
 from __future__ import annotations
