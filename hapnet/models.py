@@ -241,6 +241,8 @@ class GRAMEmbedder(CodeEmbedder):
     Anc(c) comes from `hierarchy.ancestor_step`, so truncation (--levels) is already applied.
     """
 
+    subset_is_cheaper = True
+
     def __init__(self, hierarchy: Hierarchy, vocab: np.ndarray, config: EmbedderConfig):
         super().__init__(hierarchy, vocab, config)
         self.attention = AttentionScorer(config.dim, config.attention_dim)
@@ -252,8 +254,6 @@ class GRAMEmbedder(CodeEmbedder):
         rows = weight if index.every_row else weight.index_select(0, index.rows)  # e of nodes in use
         return attend(index.edges, rows.index_select(0, index.query_rows), rows, self.attention)
 
-    subset_is_cheaper = True
-
     def forward(self) -> Tensor:
         return self._run(self.index)[0]
 
@@ -261,11 +261,11 @@ class GRAMEmbedder(CodeEmbedder):
         wanted = np.zeros(len(self.vocab_nodes), dtype=bool)
         wanted[classes] = True
         index = _AncestorIndex(self.index.step.keep(wanted), self).to(self.base.weight.device)
-        g = self._run(index)[0]  # in vocab order
-        order = np.argsort(np.argsort(classes, kind="stable"), kind="stable")  # rank of each class
-        if np.array_equal(order, np.arange(len(order))):
+        g = self._run(index)[0]  # rows in vocab order
+        rank = np.argsort(np.argsort(classes, kind="stable"), kind="stable")  # of each class
+        if np.array_equal(rank, np.arange(len(rank))):
             return g
-        return g.index_select(0, torch.from_numpy(order).to(g.device))
+        return g.index_select(0, torch.from_numpy(rank).to(g.device))
 
     def all_node_embeddings(self) -> Tensor:
         if self._all_nodes is None:
@@ -341,7 +341,8 @@ class _HAPPlan(nn.Module):
     (one matrix product for all the projections a table needs). Steps the outputs do not depend on are left
     out (top-down only runs over the outputs and their ancestors). A top-down level is split by
     the table its targets' own embeddings live in: its targets only read their parents, which
-    are final already, so this changes nothing.
+    are final already, so this changes nothing. Terminal steps (top-down steps no later step
+    reads, the leaves') can also run for some of their targets only: `restrict`.
     """
 
     def __init__(self, hierarchy: Hierarchy, outputs: np.ndarray, embedder: CodeEmbedder):
@@ -514,8 +515,8 @@ def _projections_needed(
     needed), False where they are only candidates (W_k k). The self rows of `per_batch` steps are
     projected when those steps run, so they count here only as candidates of other steps."""
     needs: list[dict[str, bool]] = [{} for _ in range(num_tables)]
-    for step, later in zip(steps, per_batch, strict=True):
-        if not later:
+    for step, runs_per_batch in zip(steps, per_batch, strict=True):
+        if not runs_per_batch:
             needs[step.groups[0].table][step.scorer] = True
         for group in step.groups[1:]:
             needs[group.table].setdefault(step.scorer, False)
@@ -658,18 +659,24 @@ class HAPEmbedder(CodeEmbedder):
                 projections[step.out] = _project(out, needs[step.out], scorers, stacked)
 
         if parts is not None:
-            return self._assemble(plan, parts, values, projections, stacked), []
-        parts_out = []
+            return self._assemble(plan, parts, values, projections, stacked, scorers), []
+        outputs = []
         for i, (table, _) in enumerate(plan.final):
             source = plan.final_source(i)
-            parts_out.append(values[table] if source is None else values[table].index_select(0, source))
-        result = torch.cat(parts_out) if len(parts_out) > 1 else parts_out[0]
+            outputs.append(values[table] if source is None else values[table].index_select(0, source))
+        result = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
         if plan.final_order is not None:
             result = result.index_select(0, plan.final_order)
         return result, all_weights
 
     def _assemble(
-        self, plan: _HAPPlan, parts: list[_Part], values: list, projections: list[dict], stacked: dict
+        self,
+        plan: _HAPPlan,
+        parts: list[_Part],
+        values: list,
+        projections: list[dict],
+        stacked: dict,
+        scorers: dict[str, AttentionScorer],
     ) -> Tensor:
         """The wanted outputs of a restricted run, in order: static rows, and the terminal steps
         run for the wanted targets (their own rows projected here, their parents' keys are)."""
@@ -680,8 +687,8 @@ class HAPEmbedder(CodeEmbedder):
                 out.append(own)
                 continue
             step = plan.steps[part.step]
-            scorer = {UP: self.up, DOWN: self.down}[step.scorer]
-            projected = _project(own, {step.scorer: True}, {step.scorer: scorer}, stacked)
+            scorer = scorers[step.scorer]
+            projected = _project(own, {step.scorer: True}, scorers, stacked)
             groups = [Candidates(own, projected[(step.scorer, KEY)], part.edges[0])]
             for group, edges in zip(step.groups[1:], part.edges[1:], strict=True):
                 keys = projections[group.table][(step.scorer, KEY)]
