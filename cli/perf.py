@@ -126,6 +126,10 @@ def reproduce(
         str | None, typer.Option("--ontology-scope", help="Override: observed (default) or full.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[
+        int | None,
+        typer.Option(help="torch CPU threads (default: torch's; give 1 to each of several processes)."),
+    ] = None,
     force: Annotated[
         bool, typer.Option(help="Retrain finished runs / reuse a folder of other settings.")
     ] = False,
@@ -139,28 +143,30 @@ def reproduce(
     from hapnet.reproduction import TABLE_JSON, TABLE_MD
     from hapnet.reproduction import reproduce as run_reproduce
     from hapnet.seeds import parse_seeds
+    from hapnet.threads import torch_threads
 
     def announce(paper: Any, index: int, count: int, done: list[int]) -> None:
         resumed = f", seeds {', '.join(map(str, done))} already done" if done else ""
         console.rule(f"[bold]{paper.name}[/] ({index + 1}/{count}{resumed})")
 
-    result = run_reproduce(
-        data,
-        out,
-        seeds=parse_seeds(seeds),
-        configs=configs,
-        ontology=ontology,
-        preset=preset,
-        epochs=epochs,
-        dim=dim,
-        hidden=hidden,
-        attention_dim=attention_dim,
-        glove_epochs=glove_epochs,
-        ontology_scope=ontology_scope,
-        device=device,
-        force=force,
-        callbacks=RichCallbacks(),
-        on_config=announce,
-    )
+    with torch_threads(threads):
+        result = run_reproduce(
+            data,
+            out,
+            seeds=parse_seeds(seeds),
+            configs=configs,
+            ontology=ontology,
+            preset=preset,
+            epochs=epochs,
+            dim=dim,
+            hidden=hidden,
+            attention_dim=attention_dim,
+            glove_epochs=glove_epochs,
+            ontology_scope=ontology_scope,
+            device=device,
+            force=force,
+            callbacks=RichCallbacks(),
+            on_config=announce,
+        )
     console.print(result["markdown"], markup=False, highlight=False, soft_wrap=True)
     console.print(f"table in [bold]{out / TABLE_MD}[/] and [bold]{out / TABLE_JSON}[/]")

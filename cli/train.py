@@ -124,6 +124,9 @@ def train(
     ] = None,
     k: Annotated[int, typer.Option("--k", help="k of accuracy@k.")] = 20,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[
+        int | None, typer.Option(help="torch CPU threads (default: torch's, one per core).")
+    ] = None,
     unknown: Annotated[
         str, typer.Option(help="Codes not in the ontology: ancestor, drop or error.")
     ] = "ancestor",
@@ -148,46 +151,48 @@ def train(
     """Train a next-visit diagnosis model (HAP, GRAM, RNN, Rollup) and evaluate it as the paper does."""
     from hapnet.config import make_config
     from hapnet.seeds import parse_seeds, train_seeds
+    from hapnet.threads import torch_threads
     from hapnet.trainer import train as train_model
     from hapnet.visits import parse_columns
 
-    if resume is not None:
+    with torch_threads(threads):
+        if resume is not None:
+            if seeds:
+                raise HapnetError("--resume continues one run: give it one seed's folder (OUT/seed-S)")
+            show_result(train_model(resume=resume, force=force, callbacks=RichCallbacks()))
+            return
+        config = make_config(
+            preset=preset,
+            data=str(data) if data else None,
+            ontology=ontology,
+            model=model,
+            levels=levels,
+            ontology_scope=ontology_scope,
+            pretrain=pretrain,
+            epochs=epochs,
+            batch_size=batch_size,
+            dim=dim,
+            hidden=hidden,
+            attention_dim=attention_dim,
+            dropout=dropout,
+            lr=lr,
+            optimizer=optimizer,
+            loss=loss,
+            seed=seed,
+            k=k,
+            device=device,
+            unknown=unknown,
+            columns=parse_columns(columns),
+            synth_patients=synth_patients,
+        )
+        name = run_name(config)
+        out = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if seeds:
-            raise HapnetError("--resume continues one run: give it one seed's folder (OUT/seed-S)")
-        show_result(train_model(resume=resume, force=force, callbacks=RichCallbacks()))
-        return
-    config = make_config(
-        preset=preset,
-        data=str(data) if data else None,
-        ontology=ontology,
-        model=model,
-        levels=levels,
-        ontology_scope=ontology_scope,
-        pretrain=pretrain,
-        epochs=epochs,
-        batch_size=batch_size,
-        dim=dim,
-        hidden=hidden,
-        attention_dim=attention_dim,
-        dropout=dropout,
-        lr=lr,
-        optimizer=optimizer,
-        loss=loss,
-        seed=seed,
-        k=k,
-        device=device,
-        unknown=unknown,
-        columns=parse_columns(columns),
-        synth_patients=synth_patients,
-    )
-    name = run_name(config)
-    out = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if seeds:
-        result = train_seeds(config, parse_seeds(seeds), out, force=force, callbacks=RichCallbacks())
-        console.print(result.markdown(name))
-        console.print(f"runs and summary.md / summary.json in [bold]{result.out}[/]")
-        return
-    show_result(train_model(config, out=out, force=force, callbacks=RichCallbacks()))
+            result = train_seeds(config, parse_seeds(seeds), out, force=force, callbacks=RichCallbacks())
+            console.print(result.markdown(name))
+            console.print(f"runs and summary.md / summary.json in [bold]{result.out}[/]")
+            return
+        show_result(train_model(config, out=out, force=force, callbacks=RichCallbacks()))
 
 
 def run_name(config: Any) -> str:

@@ -38,6 +38,7 @@ _LAZY = {
     "read_embeddings": "hapnet.embedding_io",
     "write_embeddings": "hapnet.embedding_io",
     "bench": "hapnet.benchmark",
+    "torch_threads": "hapnet.threads",
     "reproduce": "hapnet.reproduction",
     "PAPER_CONFIGS": "hapnet.reproduction",
 }

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from hapnet.errors import HapnetError
+from hapnet.threads import torch_threads
 from hapnet.trainer import resolve_device
 
 BENCH_MODELS = ("hap", "gram")
@@ -93,15 +94,10 @@ def bench(
         raise HapnetError("--repeats and --batch-size must be at least 1, --patients at least 2")
     if clock not in CLOCKS:
         raise HapnetError(f"--clock {clock!r}: choose {' or '.join(CLOCKS)}")
-    if threads is not None and threads < 1:
-        raise HapnetError("--threads must be at least 1")
     torch_device = resolve_device(device)
     if clock == "cpu" and torch_device.type == "cuda":
         raise HapnetError("--clock cpu measures CPU time: use --clock wall with --device cuda")
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _measure(
             ontology,
             names,
@@ -119,8 +115,6 @@ def bench(
             matmul_size,
             clock,
         )
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _measure(

@@ -227,6 +227,30 @@ def test_bad_data_is_one_line_exit_2_and_leaves_nothing(tmp_path: Path, content:
     assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
 
 
+def test_threads_option_trains_with_that_many_threads_and_restores_them(
+    synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    seen = []
+    real_train = hapnet.trainer.train
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(torch.get_num_threads())
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr("hapnet.trainer.train", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = run_cli("train", "--data", synth_dir, *TINY, "--threads", "1", "--out", tmp_path / "run")
+        assert result.exit_code == 0, result.output
+        assert seen == [1] and torch.get_num_threads() == 2
+        result = run_cli("train", "--data", synth_dir, *TINY, "--threads", "0", "--out", tmp_path / "zero")
+        assert result.exit_code == 2 and "--threads must be at least 1" in result.output
+        assert not (tmp_path / "zero").exists()
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_missing_data_path_is_one_line_exit_2(tmp_path: Path):
     result = run_cli("train", "--data", tmp_path / "nope", *TINY, "--out", tmp_path / "run")
     assert result.exit_code == 2 and "Traceback" not in result.output
