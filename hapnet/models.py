@@ -431,10 +431,9 @@ class _HAPPlan(nn.Module):
             where = np.flatnonzero(tables == table)
             order = np.argsort(rows[where], kind="stable")
             where, kept = where[order], rows[where][order]
-            index = torch.from_numpy(kept).to(device)
             k = self._terminal_step.get(int(table))
             if k is None:
-                parts.append(_Part(where, int(table), index))
+                parts.append(_Part(where, int(table), torch.from_numpy(kept).to(device)))
                 continue
             step = self.steps[k]
             position = np.full(len(step.targets), -1, dtype=np.int64)  # target -> kept target
@@ -447,8 +446,8 @@ class _HAPPlan(nn.Module):
                 size = self.size(group.table)
                 edge = EdgeIndex(position[target[keep]], group.source[keep], len(kept), size)
                 edges.append(edge.to(device))
-            own = step.groups[0].source
-            own_rows = index if own is None else torch.from_numpy(own[kept]).to(device)
+            own = step.groups[0].source  # rows of the targets' own embeddings (None: row = target)
+            own_rows = torch.from_numpy(kept if own is None else own[kept]).to(device)
             parts.append(_Part(where, step.groups[0].table, own_rows, k, edges))
         return parts
 
