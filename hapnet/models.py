@@ -26,7 +26,7 @@ from hapnet.propagation import (
     Candidates,
     EdgeIndex,
     attend,
-    attention_weights,
+    attend_candidates,
     gather_rows,
     weighted_sum,
 )
@@ -649,11 +649,12 @@ class HAPEmbedder(CodeEmbedder):
             ]
             if score:
                 query = step_edges[0].gather_sources(projections[step.groups[0].table][(step.scorer, QUERY)])
-                step_weights = attention_weights(query, groups, scorers[step.scorer])
+                out, step_weights = attend_candidates(query, groups, scorers[step.scorer])
             else:
                 step_weights = weights[len(all_weights)]  # type: ignore[index]
+                out = weighted_sum(groups, step_weights)
             all_weights.append(step_weights)
-            values[step.out] = out = weighted_sum(groups, step_weights)
+            values[step.out] = out
             if score and needs[step.out]:
                 projections[step.out] = _project(out, needs[step.out], scorers, stacked)
 
@@ -692,8 +693,7 @@ class HAPEmbedder(CodeEmbedder):
             for group, edges in zip(step.groups[1:], part.edges[1:], strict=True):
                 keys = projections[group.table][(step.scorer, KEY)]
                 groups.append(Candidates(values[group.table], keys, edges))
-            step_weights = attention_weights(projected[(step.scorer, QUERY)], groups, scorer)
-            out.append(weighted_sum(groups, step_weights))
+            out.append(attend_candidates(projected[(step.scorer, QUERY)], groups, scorer)[0])
         if not out:  # nothing wanted
             return self.base.weight.new_zeros((0, self.base.weight.shape[1]))
         result = torch.cat(out) if len(out) > 1 else out[0]

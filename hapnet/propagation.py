@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hapnet import fused
 from hapnet.hierarchy import Step
 
 
@@ -231,8 +232,16 @@ class EdgeIndex(nn.Module):
         num_sources: int | None = None,
     ):
         super().__init__()
+        source = None if source is None else np.asarray(source, dtype=np.int64)
         if target is None and source is not None and len(source) != num_targets:
             raise ValueError("aligned candidates need one source row per target")
+        for index, bound in ((target, num_targets), (source, num_sources)):
+            if (
+                index is not None
+                and len(index)
+                and (np.min(index) < 0 or (bound is not None and np.max(index) >= bound))
+            ):
+                raise ValueError("candidate edges point outside their targets or rows")
         self.num_targets = num_targets
         self.order: np.ndarray | None = None  # sorted position -> caller's candidate position
         if target is not None:
@@ -240,13 +249,22 @@ class EdgeIndex(nn.Module):
             if len(target) and np.any(np.diff(target) < 0):
                 self.order = np.argsort(target, kind="stable")
                 target = target[self.order]
-                source = None if source is None else np.asarray(source)[self.order]
+                source = None if source is None else source[self.order]
             if source is None:
                 source = np.arange(len(target), dtype=np.int64)
             if np.array_equal(target, np.arange(num_targets)):
                 target = None  # one candidate per target, in target order
                 if num_sources == num_targets and np.array_equal(source, np.arange(num_targets)):
                     source = None  # ... and candidate i is row i
+        self.num_candidates = num_targets if target is None else len(target)
+        # Every source row is read by exactly one candidate: a gradient scattered to the rows
+        # writes each row once and needs no zeroed buffer (`hapnet.fused`).
+        self.num_sources = num_targets if source is None else num_sources  # None: not known
+        self.rows_needed = num_targets if source is None else int(source.max()) + 1 if len(source) else 0
+        self.each_source_once = self.num_sources is not None and (
+            source is None
+            or (len(source) == self.num_sources and np.array_equal(np.sort(source), np.arange(len(source))))
+        )
         offsets = None if target is None else np.searchsorted(target, np.arange(num_targets))
         for name, array in [("source", source), ("target", target), ("offsets", offsets)]:
             tensor = None if array is None else torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
@@ -284,7 +302,13 @@ class Candidates:
 def attention_weights(
     query_proj: Tensor, groups: Sequence[Candidates], scorer: AttentionScorer
 ) -> list[Tensor]:
-    """alpha per candidate of every group (sorted edge order): softmax over each target's candidates."""
+    """alpha per candidate of every group (sorted edge order): softmax over each target's candidates.
+
+    On the CPU in float32 this is one call of a fused C kernel (`hapnet.fused`); the torch
+    operations below are its reference and the fallback."""
+    if _fused(query_proj, groups, scorer):
+        alpha = fused.attention(query_proj, [g.keys for g in groups], [g.edges for g in groups], scorer.u)  # type: ignore[misc]
+        return list(alpha.split([g.edges.num_candidates for g in groups]))
     scores = []
     for group in groups:
         assert group.keys is not None, "scores need key projections"
@@ -297,7 +321,12 @@ def attention_weights(
 
 
 def weighted_sum(groups: Sequence[Candidates], weights: Sequence[Tensor]) -> Tensor:
-    """out_t = sum over candidates j of t (in every group) of weight_j * h_j."""
+    """out_t = sum over candidates j of t (in every group) of weight_j * h_j (one call of a fused
+    C kernel on the CPU in float32, `hapnet.fused`)."""
+    values = [group.values for group in groups]
+    if fused.applies(*values, *weights):
+        alpha = weights[0] if len(weights) == 1 else torch.cat(list(weights))
+        return fused.weighted_sum(values, [group.edges for group in groups], alpha)
     out = None
     for group, weight in zip(groups, weights, strict=True):
         part = group.edges.weighted_sum(weight, group.values)
@@ -310,8 +339,18 @@ def attend_candidates(
     query_proj: Tensor, groups: Sequence[Candidates], scorer: AttentionScorer
 ) -> tuple[Tensor, list[Tensor]]:
     """New embeddings [T, d] of the targets of `query_proj` [T, a] (= W_q q + b), alpha per group."""
+    if _fused(query_proj, groups, scorer, *(group.values for group in groups)):
+        edges = [group.edges for group in groups]
+        alpha = fused.attention(query_proj, [g.keys for g in groups], edges, scorer.u)  # type: ignore[misc]
+        out = fused.weighted_sum([group.values for group in groups], edges, alpha)
+        return out, list(alpha.split([e.num_candidates for e in edges]))
     weights = attention_weights(query_proj, groups, scorer)
     return weighted_sum(groups, weights), weights
+
+
+def _fused(query_proj: Tensor, groups: Sequence[Candidates], scorer: AttentionScorer, *more: Tensor) -> bool:
+    keys = [group.keys for group in groups]
+    return all(k is not None for k in keys) and fused.applies(query_proj, scorer.u, *keys, *more)  # type: ignore[arg-type]
 
 
 def attend(

@@ -1,0 +1,141 @@
+"""Fused CPU kernels in C (hapnet/kernels/propagation.c), built on first use with the system C
+compiler.
+
+Why: one HAP training step attends over ~10k candidate edges in ~27 groups. In torch operations
+that is ~40 small operations per group, and their fixed cost outweighs their arithmetic. The
+fused kernels (a step's scores and softmax in one call, its weighted sum in another, forward and
+backward) do the same arithmetic faster (README, "Performance").
+
+The library is compiled once per machine with `-march=native` and cached in
+`cache_dir()/native`, under a name made from a hash of the source, the compiler command and
+this CPU's flags. It is loaded with ctypes: no Python headers, no torch headers, a compile of
+well under a second. Its OpenMP calls resolve to the OpenMP runtime torch has already loaded.
+
+Where nothing compiles (no compiler, a compiler without OpenMP falls back to one thread), or
+with `HAPNET_NATIVE=0`, `propagation_library()` returns None after one warning and callers use
+torch operations, which give the same results to float rounding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+_SOURCE = Path(__file__).parent / "kernels" / "propagation.c"
+_FLAGS = ["-O3", "-march=native", "-ffast-math", "-shared", "-fPIC"]
+_OPENMP = "-fopenmp"
+_loaded: dict[str, ctypes.CDLL | None] = {}
+
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+_SIGNATURES = {
+    # query, stride, T, A, u, groups, keys*, key strides*, targets*, sources*, counts*, alpha, tanh, threads
+    "attention_forward": [_P, _I, _I, _I, _P, _I, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int],
+    # grad_alpha, alpha, tanh, u, T, A, groups, targets*, sources*, counts*, grad_query, stride,
+    # grad_keys*, grad key strides*, key rows*, once*, grad_u, dz, threads
+    "attention_backward": [
+        _P,
+        _P,
+        _P,
+        _P,
+        _I,
+        _I,
+        _I,
+        _P,
+        _P,
+        _P,
+        _P,
+        _I,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        ctypes.c_int,
+    ],
+    # T, D, groups, values*, value strides*, targets*, sources*, offsets*, counts*, alpha, out, threads
+    "weighted_sum_forward": [_I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int],
+    # grad_out, T, D, groups, values*, value strides*, value rows*, targets*, sources*, offsets*,
+    # counts*, alpha, grad_alpha, grad_values*, grad value strides*, once*, threads
+    "weighted_sum_backward": [_P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int],
+}
+
+
+def native_enabled() -> bool:
+    return os.environ.get("HAPNET_NATIVE", "1") != "0"
+
+
+def propagation_library() -> ctypes.CDLL | None:
+    """The fused propagation kernels, built and loaded once per process; None where unavailable."""
+    if not native_enabled():
+        return None
+    if "propagation" not in _loaded:
+        _loaded["propagation"] = _load(_SOURCE, _SIGNATURES)
+    return _loaded["propagation"]
+
+
+def _load(source: Path, signatures: dict[str, list]) -> ctypes.CDLL | None:
+    try:
+        path = _build(source)
+        library = ctypes.CDLL(str(path))
+        for name, argtypes in signatures.items():
+            function = getattr(library, name)
+            function.argtypes, function.restype = argtypes, ctypes.c_int
+        return library
+    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        warnings.warn(
+            f"hapnet: the fused CPU kernels did not build ({reason}); using torch operations "
+            "(same results, slower). Set HAPNET_NATIVE=0 to skip this attempt.",
+            stacklevel=3,
+        )
+        return None
+
+
+def _build(source: Path) -> Path:
+    """Compile `source` into the cache unless an identical build is there; returns its path."""
+    from hapnet.ontology_io import cache_dir
+
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C compiler: {compiler!r} not found")
+    text = source.read_bytes()
+    for extra in ([_OPENMP], []):  # without OpenMP (e.g. Apple clang) the kernels run on one thread
+        command = [compiler, *_FLAGS, *extra]
+        key = hashlib.sha256(text + " ".join(command).encode() + _cpu_signature()).hexdigest()[:20]
+        path = cache_dir() / "native" / f"{source.stem}-{key}.so"
+        if path.exists():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Build under a temporary name and rename: processes building at once never see half a file.
+        handle, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+        os.close(handle)
+        try:
+            result = subprocess.run(
+                [*command, str(source), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120
+            )
+            if result.returncode == 0:
+                os.replace(tmp, path)
+                return path
+            error = result.stderr
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError(error or "compiler failed")
+
+
+def _cpu_signature() -> bytes:
+    """What `-march=native` depends on: the CPU's model and flags (Linux), else the platform."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            lines = [line for line in handle if line.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines))).encode()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}".encode()

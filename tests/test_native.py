@@ -1,0 +1,158 @@
+"""The fused C attention kernel (hapnet/kernels/propagation.c via hapnet.fused) against torch's
+operations, which are its reference: same alpha and gradients in float32, on every edge layout."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from test_models import SMALL, random_dag
+
+from hapnet import native, propagation
+from hapnet.models import HAPEmbedder, get_model
+from hapnet.propagation import AttentionScorer, Candidates, EdgeIndex, attention_weights, weighted_sum
+
+needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+
+
+@pytest.fixture
+def torch_ops(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """A context switch: inside `with torch_ops():` attention runs on torch operations."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def switch():  # noqa: ANN202
+        monkeypatch.setenv("HAPNET_NATIVE", "0")
+        yield
+        monkeypatch.setenv("HAPNET_NATIVE", "1")
+
+    return switch
+
+
+def random_step(seed: int, num_targets: int, attention: int = 4, dim: int = 5) -> tuple:
+    """A step's query projections and 3 groups of candidates: self (aligned), one per target
+    (a gather), and a few per target (some targets none), keys as column slices of a product."""
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    query = torch.randn(num_targets, attention, generator=g, requires_grad=True)
+    tables = [num_targets, 9, 40]
+    projected = [torch.randn(n, 3 * attention, generator=g, requires_grad=True) for n in tables]
+    keys = [p[:, attention : 2 * attention] for p in projected]  # strided rows, as _project makes
+    values = [torch.randn(n, dim, generator=g) for n in tables]
+    many = np.sort(rng.integers(0, num_targets, 3 * num_targets))
+    edges = [
+        EdgeIndex(None, None, num_targets, num_targets),
+        EdgeIndex(np.arange(num_targets), rng.integers(0, 9, num_targets), num_targets, 9),
+        EdgeIndex(many, rng.integers(0, 40, len(many)), num_targets, 40),
+    ]
+    groups = [Candidates(v, k, e) for v, k, e in zip(values, keys, edges, strict=True)]
+    return query, projected, groups
+
+
+@needs_compiler
+@pytest.mark.parametrize("num_targets", [7, 400])  # 400: above the kernel's PARALLEL_MIN
+def test_fused_attention_equals_torch_operations(num_targets: int, torch_ops) -> None:  # noqa: ANN001
+    assert native.propagation_library() is not None, "a C compiler is here, so the kernel must build"
+    scorer = AttentionScorer(5, 4)
+    results = []
+    for fused in (True, False):
+        query, projected, groups = random_step(0, num_targets)
+        if fused:
+            alpha = attention_weights(query, groups, scorer)
+        else:
+            with torch_ops():
+                alpha = attention_weights(query, groups, scorer)
+        weights = torch.randn(sum(len(a) for a in alpha), generator=torch.Generator().manual_seed(1))
+        loss = (torch.cat(alpha) * weights).sum()
+        grads = torch.autograd.grad(loss, [query, *projected, scorer.u])
+        results.append((alpha, grads))
+    (alpha, grads), (expected_alpha, expected_grads) = results
+    for got, want in zip(alpha, expected_alpha, strict=True):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
+    segments = torch.cat([group.edges.segment() for group in groups])
+    sums = torch.zeros(num_targets).index_add_(0, segments, torch.cat(alpha))
+    assert torch.allclose(sums, torch.ones(num_targets))
+
+
+@needs_compiler
+@pytest.mark.parametrize("num_targets", [7, 400])
+@pytest.mark.parametrize("wanted", ["all", "values only"])
+def test_fused_weighted_sum_equals_torch_operations(num_targets: int, wanted: str, torch_ops) -> None:  # noqa: ANN001
+    _, _, groups = random_step(1, num_targets, dim=70)  # 400 targets x 70: above PARALLEL_MIN
+    g = torch.Generator().manual_seed(2)
+    weights = [torch.rand(len(group.edges.segment()), generator=g) for group in groups]
+    for tensor in [*weights, groups[0].values, groups[2].values]:  # group 1's rows: no gradient
+        tensor.requires_grad_(wanted == "all" or tensor is not weights[0])
+    grad_out = torch.randn(num_targets, 70, generator=g)
+    wrt = [t for t in [*weights, groups[0].values, groups[2].values] if t.requires_grad]
+    out = weighted_sum(groups, weights)
+    grads = torch.autograd.grad(out, wrt, grad_out)
+    with torch_ops():
+        expected = weighted_sum(groups, weights)
+        expected_grads = torch.autograd.grad(expected, wrt, grad_out)
+    assert torch.allclose(out, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_compiler
+def test_fused_attention_is_deterministic_and_runs_without_grad() -> None:
+    scorer = AttentionScorer(5, 4)
+    grads = []
+    for _ in range(2):
+        query, projected, groups = random_step(3, 400)
+        alpha = torch.cat(attention_weights(query, groups, scorer))
+        grads.append(torch.autograd.grad(alpha.square().sum(), [query, *projected, scorer.u]))
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+    query, _, groups = random_step(3, 400)
+    with torch.no_grad():
+        assert torch.equal(torch.cat(attention_weights(query, groups, scorer)), alpha.detach())
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", ["hap", "gram"])
+def test_models_train_the_same_with_and_without_the_kernel(name: str, torch_ops) -> None:  # noqa: ANN001
+    onto = random_dag(2).compile()
+    vocab = np.arange(8, 30)
+    runs = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = get_model(name).embedder(onto, vocab, SMALL)
+        if fused:
+            out = model.embed(np.array([5, 0, 9]))
+        else:
+            with torch_ops():
+                out = model.embed(np.array([5, 0, 9]))
+        out.square().sum().backward()
+        runs.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    (out, grads), (expected, expected_grads) = runs
+    assert torch.allclose(out, expected, rtol=1e-5, atol=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads, expected_grads, strict=True))
+
+
+def test_no_compiler_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
+    monkeypatch.setenv("HAPNET_CACHE_DIR", str(tmp_path))  # nothing built yet
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(native, "_loaded", {})
+    with pytest.warns(UserWarning, match="did not build .*no C compiler"):
+        assert native.propagation_library() is None
+    assert native.propagation_library() is None  # decided once per process: no second warning
+    torch.manual_seed(0)
+    model = HAPEmbedder(random_dag(0).compile(), np.arange(5, 20), SMALL)
+    model().sum().backward()  # torch operations
+    assert model.up.u.grad is not None and not list(tmp_path.glob("native/*"))
+
+
+def test_native_off_means_torch_operations(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HAPNET_NATIVE", "0")
+    assert native.propagation_library() is None
+    calls = []
+    original = propagation.edge_scores
+    monkeypatch.setattr(propagation, "edge_scores", lambda *a: calls.append(1) or original(*a))
+    query, _, groups = random_step(0, 7)
+    attention_weights(query, groups, AttentionScorer(5, 4))
+    assert len(calls) == 3  # one per group
