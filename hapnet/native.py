@@ -6,14 +6,16 @@ that is ~40 small operations per group, and their fixed cost outweighs their ari
 fused kernels (a step's scores and softmax in one call, its weighted sum in another, forward and
 backward) do the same arithmetic faster (README, "Performance").
 
-The library is compiled once per machine with `-march=native` and cached in
-`cache_dir()/native`, under a name made from a hash of the source, the compiler command and
-this CPU's flags. It is loaded with ctypes: no Python headers, no torch headers, a compile of
-well under a second. Its OpenMP calls resolve to the OpenMP runtime torch has already loaded.
+The library is compiled once per machine and cached in `cache_dir()/native`, under a name made
+from a hash of the source, the compiler command and this CPU's flags (it is built with
+`-march=native` where the compiler knows it). It is loaded with ctypes: no Python or torch
+headers, and a compile of well under a second. Its OpenMP calls resolve to the OpenMP runtime
+torch has already loaded (the same `libgomp.so.1`), so torch's threads and the kernels' are one
+pool; a compiler without OpenMP gives one-thread kernels.
 
-Where nothing compiles (no compiler, a compiler without OpenMP falls back to one thread), or
-with `HAPNET_NATIVE=0`, `propagation_library()` returns None after one warning and callers use
-torch operations, which give the same results to float rounding.
+Where nothing compiles (no compiler, or every variant fails), or with `HAPNET_NATIVE=0`,
+`propagation_library()` returns None (after one warning if a build failed) and callers use torch
+operations, which give the same results to float rounding.
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ import warnings
 from pathlib import Path
 
 _SOURCE = Path(__file__).parent / "kernels" / "propagation.c"
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-shared", "-fPIC"]
-_OPENMP = "-fopenmp"
+_FLAGS = ["-O3", "-ffast-math", "-shared", "-fPIC"]
+# Tried in order: OpenMP and this CPU's instructions; without OpenMP (Apple's clang has none: one
+# thread); without -march=native (compilers that do not know it).
+_VARIANTS = [["-march=native", "-fopenmp"], ["-march=native"], []]
 _loaded: dict[str, ctypes.CDLL | None] = {}
+_failure: dict[str, str] = {}  # why a library did not build
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
@@ -76,9 +81,23 @@ def propagation_library() -> ctypes.CDLL | None:
     """The fused propagation kernels, built and loaded once per process; None where unavailable."""
     if not native_enabled():
         return None
-    if "propagation" not in _loaded:
-        _loaded["propagation"] = _load(_SOURCE, _SIGNATURES)
-    return _loaded["propagation"]
+    if _SOURCE.stem not in _loaded:
+        _loaded[_SOURCE.stem] = _load(_SOURCE, _SIGNATURES)
+    return _loaded[_SOURCE.stem]
+
+
+def propagation_kernels_status() -> str:
+    """One line for benchmarks and reports: whether propagation runs the fused kernels."""
+    if not native_enabled():
+        return "off (HAPNET_NATIVE=0)"
+    if propagation_library() is None:
+        return f"off ({_failure.get(_SOURCE.stem, 'not built')}): torch operations"
+    return f"on ({_SOURCE.name}, {_library_path(_SOURCE)})"
+
+
+def _library_path(source: Path) -> str:
+    library = _loaded.get(source.stem)
+    return getattr(library, "_name", "?") if library is not None else "?"
 
 
 def _load(source: Path, signatures: dict[str, list]) -> ctypes.CDLL | None:
@@ -91,6 +110,7 @@ def _load(source: Path, signatures: dict[str, list]) -> ctypes.CDLL | None:
         return library
     except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        _failure[source.stem] = reason
         warnings.warn(
             f"hapnet: the fused CPU kernels did not build ({reason}); using torch operations "
             "(same results, slower). Set HAPNET_NATIVE=0 to skip this attempt.",
@@ -107,7 +127,7 @@ def _build(source: Path) -> Path:
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C compiler: {compiler!r} not found")
     text = source.read_bytes()
-    for extra in ([_OPENMP], []):  # without OpenMP (e.g. Apple clang) the kernels run on one thread
+    for extra in _VARIANTS:
         command = [compiler, *_FLAGS, *extra]
         key = hashlib.sha256(text + " ".join(command).encode() + _cpu_signature()).hexdigest()[:20]
         path = cache_dir() / "native" / f"{source.stem}-{key}.so"
