@@ -156,3 +156,41 @@ def test_native_off_means_torch_operations(monkeypatch: pytest.MonkeyPatch) -> N
     query, _, groups = random_step(0, 7)
     attention_weights(query, groups, AttentionScorer(5, 4))
     assert len(calls) == 3  # one per group
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", ["hap", "gram"])
+def test_float32_explanations_through_the_kernels_reproduce_the_embeddings(name: str, torch_ops) -> None:  # noqa: ANN001
+    """explain: weighted sums with given weights, differentiated in the rows (one-hot probes)."""
+    onto = random_dag(1)
+    torch.manual_seed(0)
+    model = get_model(name).embedder(onto.compile(), np.arange(1, len(onto)), SMALL)
+    nodes = np.arange(len(onto))
+    weights = model.explain(nodes)
+    with torch_ops():
+        expected = model.explain(nodes)
+    assert torch.allclose(weights, expected, atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(weights @ model.base.weight, model.all_node_embeddings(), atol=1e-5)
+
+
+def test_edge_index_checks_its_indices_and_knows_rows_read_once() -> None:
+    with pytest.raises(ValueError, match="outside"):
+        EdgeIndex(np.array([0, 3]), np.array([0, 1]), 3, 2)  # target 3 of 3
+    with pytest.raises(ValueError, match="outside"):
+        EdgeIndex(np.array([0, 1]), np.array([0, 2]), 3, 2)  # row 2 of 2
+    with pytest.raises(ValueError, match="outside"):
+        EdgeIndex(None, np.array([0, -1]), 2, 2)
+    assert EdgeIndex(None, None, 4, 4).each_source_once  # self candidates
+    assert EdgeIndex(np.array([0, 0, 2]), np.array([2, 0, 1]), 3, 3).each_source_once  # a permutation
+    assert not EdgeIndex(np.array([0, 0, 2]), np.array([2, 0, 0]), 3, 3).each_source_once  # row 0 twice
+    assert not EdgeIndex(np.array([0, 2]), np.array([2, 0]), 3, 3).each_source_once  # row 1 unread
+    assert not EdgeIndex(np.array([0, 1, 2]), np.array([2, 0, 1]), 3).each_source_once  # rows unknown
+
+
+@needs_compiler
+def test_kernels_refuse_rows_their_edges_do_not_fit() -> None:
+    query, _, groups = random_step(0, 7)
+    short = Candidates(groups[2].values[:5], groups[2].keys[:5], groups[2].edges)  # edges read rows up to 39
+    with pytest.raises(IndexError, match="do not fit"):
+        attention_weights(query, [groups[0], short], AttentionScorer(5, 4))
