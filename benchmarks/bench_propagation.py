@@ -44,7 +44,7 @@ def matmul_gflops(rows: int, dim: int, cols: int, clock, repeats: int = 5) -> fl
 def projection_gflop(embedder: HAPEmbedder) -> float:
     """Forward + backward GFLOP of HAP's projections: rows x dim x columns per table, x 2 x 3."""
     plan, dim, att = embedder.plan, embedder.config.dim, embedder.config.attention_dim
-    columns = [sum(att * (2 if q else 1) for q in table.needs.values()) for table in plan.tables]
+    columns = [sum(att * (2 if q else 1) for q in needs.values()) for needs in plan.needs]
     return sum(len(t.nodes) * c for t, c in zip(plan.tables, columns, strict=True)) * dim * 2 * 3 / 1e9
 
 

@@ -1,0 +1,50 @@
+"""The scripts in benchmarks/ run end to end on small inputs and print their figures.
+
+They are not timed here (figures on a shared machine are not tests); this keeps them working
+as the library changes under them."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def run_script(name: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_bench_epoch_reports_the_floor_and_the_phases() -> None:
+    out = run_script("bench_epoch.py", "--patients", "300", "--epochs", "1", "--phases")
+    assert re.search(r"epoch FLOPs [\d.]+ GFLOP; floor [\d.]+ s; measured [\d.]+ s/epoch", out)
+    assert re.search(r"fused CPU kernels: (on|off)", out)
+    assert re.search(r"ms per step: embedder forward [\d.]+, .*optimiser [\d.]+", out)
+
+
+@pytest.mark.slow
+def test_bench_propagation_times_hap_and_gram() -> None:
+    out = run_script("bench_propagation.py", "--only", "icd9-ccs", "--repeats", "1")
+    assert re.search(r"hap +d=400 .*fwd\+bwd +\d+ ms +matmul floor", out)
+    assert re.search(r"gram +d=400 .*fwd\+bwd +\d+ ms", out)
+
+
+@pytest.mark.slow
+def test_bench_embed_scores_hap_embeddings() -> None:
+    args = "--ontologies icd9cm --epochs 1 --no-gensim --sample 50 --dim 16 --methods hap"
+    out = run_script("bench_embed.py", *args.split())
+    assert re.search(r"icd9cm +hap 1 ep +[\d.]+", out)
