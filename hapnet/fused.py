@@ -201,7 +201,6 @@ class _WeightedSum(torch.autograd.Function):
         _check(
             ctx.library.weighted_sum_backward(
                 grad_out.data_ptr(),
-                edges.num_targets,
                 width,
                 len(values),
                 _pointers(values),
@@ -209,7 +208,6 @@ class _WeightedSum(torch.autograd.Function):
                 _int64s([v.shape[0] for v in values]),
                 edges.targets,
                 edges.sources,
-                edges.offsets,
                 edges.counts,
                 alpha.data_ptr(),
                 None if grad_alpha is None else grad_alpha.data_ptr(),

@@ -67,9 +67,9 @@ _SIGNATURES = {
     ],
     # T, D, groups, values*, value strides*, targets*, sources*, offsets*, counts*, alpha, out, threads
     "weighted_sum_forward": [_I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int],
-    # grad_out, T, D, groups, values*, value strides*, value rows*, targets*, sources*, offsets*,
-    # counts*, alpha, grad_alpha, grad_values*, grad value strides*, once*, threads
-    "weighted_sum_backward": [_P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int],
+    # grad_out, D, groups, values*, value strides*, value rows*, targets*, sources*, counts*, alpha,
+    # grad_alpha, grad_values*, grad value strides*, once*, threads
+    "weighted_sum_backward": [_P, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int],
 }
 
 

@@ -45,24 +45,23 @@ static inline void edges_of(const int64_t *offsets, int64_t count, int64_t num_t
     }
 }
 
-/* rows[index_e] += scale_e * (add_e row), for the edges of one group, on the calling thread's
- * share of the rows (call inside a parallel region). add row: base + pick(add_index, e) * stride.
- * once: every row is some edge's exactly once, so rows (not zeroed) are written, not added to. */
+/* rows[index_e] += add[e] (rows of width floats, add's rows packed) for the `count` edges of one
+ * group, on the calling thread's share of the rows: call it inside a parallel region, where
+ * thread i of n owns rows [num_rows i / n, num_rows (i + 1) / n). once: every row is some edge's
+ * exactly once, so rows (not zeroed) are written, not added to. */
 static void scatter_rows(float *rows, int64_t row_stride, int64_t num_rows, const int64_t *index,
-                         const float *base, int64_t stride, const int64_t *add_index,
-                         const float *scale, int64_t count, int64_t width, int64_t once) {
+                         const float *add, int64_t count, int64_t width, int64_t once) {
     int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
     int64_t low = num_rows * me / threads, high = num_rows * (me + 1) / threads;
     for (int64_t e = 0; e < count; e++) {
         int64_t r = pick(index, e);
         if (r < low || r >= high) continue;
         float *row = rows + r * row_stride;
-        const float *add = base + pick(add_index, e) * stride;
-        float w = scale ? scale[e] : 1.f;
+        const float *a = add + e * width;
         if (once)
-            for (int64_t j = 0; j < width; j++) row[j] = w * add[j];
+            for (int64_t j = 0; j < width; j++) row[j] = a[j];
         else
-            for (int64_t j = 0; j < width; j++) row[j] += w * add[j];
+            for (int64_t j = 0; j < width; j++) row[j] += a[j];
     }
 }
 
@@ -185,9 +184,8 @@ int attention_backward(const float *grad_alpha, const float *alpha, const float 
     {
         const float *d = dz;
         for (int64_t g = 0; g < num_groups; d += counts[g] * A, g++) {
-            scatter_rows(grad_query, grad_query_stride, num_targets, targets[g], d, A, NULL, NULL, counts[g], A, 0);
-            scatter_rows(grad_keys[g], grad_key_strides[g], key_rows[g], sources[g], d, A, NULL, NULL, counts[g], A,
-                         once[g]);
+            scatter_rows(grad_query, grad_query_stride, num_targets, targets[g], d, counts[g], A, 0);
+            scatter_rows(grad_keys[g], grad_key_strides[g], key_rows[g], sources[g], d, counts[g], A, once[g]);
         }
     }
     return 0;
@@ -221,40 +219,42 @@ int weighted_sum_forward(int64_t num_targets, int64_t D, int64_t num_groups,
 
 /* From grad_out [T, D]: grad_alpha [E] (NULL: not wanted) and grad_values[g] (NULL: not wanted)
  * += alpha_e grad_out[t_e] at row src_e (zeroed by the caller unless once[g], as above). */
-int weighted_sum_backward(const float *grad_out, int64_t num_targets, int64_t D, int64_t num_groups,
+int weighted_sum_backward(const float *grad_out, int64_t D, int64_t num_groups,
                           const float *const *values, const int64_t *value_strides,
                           const int64_t *value_rows, const int64_t *const *targets,
-                          const int64_t *const *sources, const int64_t *const *offsets,
-                          const int64_t *counts, const float *alpha, float *grad_alpha,
+                          const int64_t *const *sources, const int64_t *counts, const float *alpha, float *grad_alpha,
                           float *const *grad_values, const int64_t *grad_value_strides,
                           const int64_t *once, int num_threads) {
     int64_t num_edges = 0;
     for (int64_t g = 0; g < num_groups; g++) num_edges += counts[g];
-    int parallel = num_edges * D >= PARALLEL_MIN;
-    if (grad_alpha) {
-#pragma omp parallel for schedule(dynamic, 16) num_threads(num_threads) if (parallel)
-        for (int64_t t = 0; t < num_targets; t++) {
-            const float *go = grad_out + t * D;
-            int64_t start = 0;
-            for (int64_t g = 0; g < num_groups; start += counts[g], g++) {
-                int64_t first, last;
-                edges_of(offsets[g], counts[g], num_targets, t, targets[g], &first, &last);
-                for (int64_t e = first; e < last; e++) {
-                    const float *v = values[g] + pick(sources[g], e) * value_strides[g];
+    /* One pass over the edges: each reads its grad_out row and its value row once for both
+     * gradients. Threads split each group's value rows (see scatter_rows). */
+#pragma omp parallel num_threads(num_threads) if (num_edges * D >= PARALLEL_MIN)
+    {
+        int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
+        int64_t start = 0;
+        for (int64_t g = 0; g < num_groups; start += counts[g], g++) {
+            int64_t low = value_rows[g] * me / threads, high = value_rows[g] * (me + 1) / threads;
+            float *grad_v = grad_values[g];
+            for (int64_t e = 0; e < counts[g]; e++) {
+                int64_t r = pick(sources[g], e);
+                if (r < low || r >= high) continue;
+                const float *go = grad_out + pick(targets[g], e) * D;
+                if (grad_alpha) {
+                    const float *v = values[g] + r * value_strides[g];
                     float s = 0.f;
                     for (int64_t j = 0; j < D; j++) s += go[j] * v[j];
                     grad_alpha[start + e] = s;
                 }
+                if (grad_v) {
+                    float *row = grad_v + r * grad_value_strides[g], w = alpha[start + e];
+                    if (once[g])
+                        for (int64_t j = 0; j < D; j++) row[j] = w * go[j];
+                    else
+                        for (int64_t j = 0; j < D; j++) row[j] += w * go[j];
+                }
             }
         }
-    }
-#pragma omp parallel num_threads(num_threads) if (parallel)
-    {
-        const float *a = alpha;
-        for (int64_t g = 0; g < num_groups; a += counts[g], g++)
-            if (grad_values[g])
-                scatter_rows(grad_values[g], grad_value_strides[g], value_rows[g], sources[g], grad_out, D,
-                             targets[g], a, counts[g], D, once[g]);
     }
     return 0;
 }
