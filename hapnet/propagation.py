@@ -18,6 +18,11 @@ Candidates come in groups (`Candidates`): the candidates of one group have their
 one tensor. HAP keeps the embeddings of each level in their own tensors (no step copies the whole
 embedding table) and attends over a few groups per step; `attend` is the simple form for one
 `hierarchy.Step` over one tensor of candidate embeddings (what GRAM uses).
+
+On float32 CPU tensors `attention_weights`, `weighted_sum` and `attend_candidates` hand a whole
+step (all its groups) to fused C kernels (`hapnet.fused`, `hapnet/kernels/propagation.c`): one
+call for the weights, one for the sum, forward and backward. The torch operations here are
+their reference (tests/test_native.py) and run everywhere else.
 """
 
 from __future__ import annotations
@@ -257,10 +262,13 @@ class EdgeIndex(nn.Module):
                 if num_sources == num_targets and np.array_equal(source, np.arange(num_targets)):
                     source = None  # ... and candidate i is row i
         self.num_candidates = num_targets if target is None else len(target)
+        self.num_sources = num_targets if source is None else num_sources  # None: not known
+        if source is None:
+            self.rows_needed = num_targets  # rows the group's tensor must have
+        else:
+            self.rows_needed = int(source.max()) + 1 if len(source) else 0
         # Every source row is read by exactly one candidate: a gradient scattered to the rows
         # writes each row once and needs no zeroed buffer (`hapnet.fused`).
-        self.num_sources = num_targets if source is None else num_sources  # None: not known
-        self.rows_needed = num_targets if source is None else int(source.max()) + 1 if len(source) else 0
         self.each_source_once = self.num_sources is not None and (
             source is None
             or (len(source) == self.num_sources and np.array_equal(np.sort(source), np.arange(len(source))))
