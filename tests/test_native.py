@@ -1,5 +1,6 @@
-"""The fused C attention kernel (hapnet/kernels/propagation.c via hapnet.fused) against torch's
-operations, which are its reference: same alpha and gradients in float32, on every edge layout."""
+"""The fused C kernels (hapnet/kernels/propagation.c via hapnet.fused) against torch's operations,
+which are their reference: the same weights, sums and gradients in float32 on every edge layout,
+the same embeddings, explanations and training losses; and the fallback without a compiler."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 import torch
 from test_models import SMALL, random_dag
 
+import hapnet
 from hapnet import native, propagation
 from hapnet.models import HAPEmbedder, get_model
 from hapnet.propagation import AttentionScorer, Candidates, EdgeIndex, attention_weights, weighted_sum
+from hapnet.synth import write_synth
 
 needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
 
@@ -194,3 +197,17 @@ def test_kernels_refuse_rows_their_edges_do_not_fit() -> None:
     short = Candidates(groups[2].values[:5], groups[2].keys[:5], groups[2].edges)  # edges read rows up to 39
     with pytest.raises(IndexError, match="do not fit"):
         attention_weights(query, [groups[0], short], AttentionScorer(5, 4))
+
+
+@needs_compiler
+@pytest.mark.parametrize("model", ["hap", "gram"])
+def test_training_with_and_without_the_kernels_gives_the_same_losses(model: str, tmp_path, torch_ops) -> None:  # noqa: ANN001
+    data = write_synth(tmp_path / "data", "icd9-ccs", patients=200, seed=3)
+    settings = dict(model=model, data=str(data), epochs=2, dim=16, hidden=16, attention_dim=8, device="cpu")
+    fused = hapnet.train(**settings)
+    with torch_ops():
+        reference = hapnet.train(**settings)
+    for name in ("train_loss", "valid_loss"):
+        got, want = [r[name] for r in fused.history], [r[name] for r in reference.history]
+        assert np.allclose(got, want, rtol=1e-4), (name, got, want)
+    assert abs(fused.metrics["test"]["accuracy"] - reference.metrics["test"]["accuracy"]) < 0.01
