@@ -95,7 +95,8 @@ class _Attention(torch.autograd.Function):
         if query_proj.shape != (edges.num_targets, size) or any(k.shape[1] != size for k in keys):
             raise ValueError("query and key projections must be [rows, len(u)]")
         alpha = query_proj.new_empty(edges.total)
-        tanh_all = query_proj.new_empty((edges.total, size)) if any(ctx.needs_input_grad[2:]) else None
+        keep = any(ctx.needs_input_grad[2:]) or size > 1024  # else the kernel's stack holds a row
+        tanh_all = query_proj.new_empty((edges.total, size)) if keep else None
         _check(
             library.attention_forward(
                 query_proj.data_ptr(),

@@ -1,7 +1,7 @@
 /* The fused CPU kernels of one propagation step (hapnet/propagation.py, whose torch operations
  * compute the same and are the reference):
  *
- *   attention_forward / _backward: the attention weights, scores and softmax in one pass,
+ *   attention_forward / _backward: the attention weights, scores and softmax in one call,
  *     alpha_e = softmax over the edges e' of target t_e of s_e',
  *     s_e = u . tanh(query[t_e] + keys_g[src_e])       (edge e of group g);
  *   weighted_sum_forward / _backward: out_t = sum over the edges e of t of alpha_e values_g[src_e].
@@ -97,8 +97,8 @@ static int segment_softmax(float *alpha, int64_t num_targets, int64_t num_groups
     return 0;
 }
 
-/* alpha [E]; tanh_out [E, A] (NULL: not kept) holds tanh of every edge for the backward.
- * Returns 0, or 1 when memory ran out. */
+/* alpha [E]; tanh_out [E, A] (NULL: not kept, then A <= 1024: one edge's tanh lives on the
+ * stack) holds tanh of every edge for the backward. */
 int attention_forward(const float *query, int64_t query_stride, int64_t num_targets, int64_t A,
                       const float *u, int64_t num_groups, const float *const *keys,
                       const int64_t *key_strides, const int64_t *const *targets,
@@ -115,7 +115,7 @@ int attention_forward(const float *query, int64_t query_stride, int64_t num_targ
         for (int64_t i = 0; i < count; i++) {
             const float *q = query + pick(target, i) * query_stride;
             const float *k = key + pick(source, i) * key_stride;
-            float scratch[A];
+            float scratch[th_all ? 1 : A]; /* one row, only when tanh is not kept */
             float *th = th_all ? th_all + i * A : scratch;
             for (int64_t j = 0; j < A; j++) th[j] = tanhf(q[j] + k[j]);
             float s = 0.f;
