@@ -40,11 +40,27 @@ def weighted_sum(values: Sequence[Tensor], edges: Sequence[EdgeIndex], alpha: Te
     return _WeightedSum.apply(propagation_library(), _Edges(edges, values), alpha, *values)
 
 
+def attend(
+    query_proj: Tensor,
+    keys: Sequence[Tensor],
+    values: Sequence[Tensor],
+    edges: Sequence[EdgeIndex],
+    u: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """(`weighted_sum`, `attention`) of one step, with the edges' C view built and checked once
+    (a group's keys are projections of its values' rows: the same rows)."""
+    if any(len(k) != len(v) for k, v in zip(keys, values, strict=True)):
+        raise IndexError("a group's keys and values must have the same rows")
+    library, view = propagation_library(), _Edges(edges, values)
+    alpha = _Attention.apply(library, view, query_proj, u, *keys)
+    return _WeightedSum.apply(library, view, alpha, *values), alpha
+
+
 class _Edges:
     """The C view of a step's groups of edges: pointer arrays to each group's index tensors."""
 
     def __init__(self, edges: Sequence[EdgeIndex], rows: Sequence[Tensor]):
-        """`rows`: each group's tensor of rows (keys or values), to check `each_source_once`."""
+        """`rows`: each group's tensor of rows (keys or values), which the indices must fit."""
         self.edges = list(edges)  # keeps the index tensors alive while the pointers are in use
         self.num_targets = edges[0].num_targets
         # The kernels trust these indices: check them against the tensors (a few integer tests).
@@ -57,7 +73,7 @@ class _Edges:
         self.offsets = _pointers([e.offsets for e in edges])
         self.counts = _int64s([e.num_candidates for e in edges])
         # Groups whose every row one candidate reads: their rows' gradients need no zeroed buffer.
-        self.once = [e.each_source_once and len(r) == e.num_sources for e, r in zip(edges, rows, strict=True)]
+        self.once = [e.each_source_once and len(r) == e.rows_needed for e, r in zip(edges, rows, strict=True)]
         self.once_flags = _int64s(self.once)
 
 

@@ -262,16 +262,14 @@ class EdgeIndex(nn.Module):
                 if num_sources == num_targets and np.array_equal(source, np.arange(num_targets)):
                     source = None  # ... and candidate i is row i
         self.num_candidates = num_targets if target is None else len(target)
-        self.num_sources = num_targets if source is None else num_sources  # None: not known
         if source is None:
             self.rows_needed = num_targets  # rows the group's tensor must have
         else:
             self.rows_needed = int(source.max()) + 1 if len(source) else 0
         # Every source row is read by exactly one candidate: a gradient scattered to the rows
         # writes each row once and needs no zeroed buffer (`hapnet.fused`).
-        self.each_source_once = self.num_sources is not None and (
-            source is None
-            or (len(source) == self.num_sources and np.array_equal(np.sort(source), np.arange(len(source))))
+        self.each_source_once = source is None or (
+            len(source) == num_sources and np.array_equal(np.sort(source), np.arange(len(source)))
         )
         offsets = None if target is None else np.searchsorted(target, np.arange(num_targets))
         for name, array in [("source", source), ("target", target), ("offsets", offsets)]:
@@ -348,10 +346,9 @@ def attend_candidates(
 ) -> tuple[Tensor, list[Tensor]]:
     """New embeddings [T, d] of the targets of `query_proj` [T, a] (= W_q q + b), alpha per group."""
     if _fused(query_proj, groups, scorer, *(group.values for group in groups)):
-        edges = [group.edges for group in groups]
-        alpha = fused.attention(query_proj, [g.keys for g in groups], edges, scorer.u)  # type: ignore[misc]
-        out = fused.weighted_sum([group.values for group in groups], edges, alpha)
-        return out, list(alpha.split([e.num_candidates for e in edges]))
+        keys, values = [g.keys for g in groups], [g.values for g in groups]
+        out, alpha = fused.attend(query_proj, keys, values, [g.edges for g in groups], scorer.u)  # type: ignore[arg-type]
+        return out, list(alpha.split([g.edges.num_candidates for g in groups]))
     weights = attention_weights(query_proj, groups, scorer)
     return weighted_sum(groups, weights), weights
 
