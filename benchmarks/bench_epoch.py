@@ -22,7 +22,7 @@ import torch
 import hapnet
 from hapnet.config import make_config
 from hapnet.flops import BACKWARD_FACTOR, matmul_gflops, predictor_flops, propagation_flops
-from hapnet.native import propagation_kernels_status
+from hapnet.native import kernels_status
 from hapnet.predictor import DIAGNOSIS, BatchBuilder, next_visit_loss
 from hapnet.trainer import (
     Vocabulary,
@@ -89,7 +89,7 @@ def main() -> None:
     speed = matmul_gflops()
     floor = flops / (speed * 1e9)
     print(f"threads: {torch.get_num_threads()}, matmul 2048^2 fp32: {speed:.0f} GFLOP/s")
-    print(f"fused CPU kernels: {propagation_kernels_status()}")
+    print(f"fused CPU kernels: {kernels_status()}")
     print(
         f"model {config.model}, preset {args.preset}, ontology scope {config.ontology_scope}: "
         f"{len(batches)} steps/epoch, propagation (fwd+bwd) {BACKWARD_FACTOR * np.mean(prop) / 1e9:.2f} "

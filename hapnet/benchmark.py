@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from hapnet.errors import HapnetError
-from hapnet.native import propagation_kernels_status
+from hapnet.native import kernels_status
 from hapnet.threads import torch_threads
 from hapnet.trainer import resolve_device
 
@@ -245,7 +245,7 @@ def _measure(
             "torch": torch.__version__,
             "processor": platform.processor() or platform.machine(),
             "matmul_gflops": speed,
-            "fused_kernels": propagation_kernels_status() if torch_device.type == "cpu" else "off (not CPU)",
+            "fused_kernels": kernels_status() if torch_device.type == "cpu" else "off (not CPU)",
         },
         "data": {
             "ontology": ontology,

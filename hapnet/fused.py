@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from hapnet.native import propagation_library
+from hapnet import native
 
 if TYPE_CHECKING:
     from hapnet.propagation import EdgeIndex
@@ -23,21 +23,19 @@ if TYPE_CHECKING:
 
 def applies(*tensors: Tensor) -> bool:
     """Whether the fused kernels take these tensors: all float32 on the CPU, and the kernels built."""
-    if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
-        return False
-    return propagation_library() is not None
+    return native.kernels_for(*tensors) is not None
 
 
 def attention(query_proj: Tensor, keys: Sequence[Tensor], edges: Sequence[EdgeIndex], u: Tensor) -> Tensor:
     """alpha of every candidate of every group, the groups one after another, as
     `propagation.attention_weights` (which splits it per group)."""
-    return _Attention.apply(propagation_library(), _Edges(edges, keys), query_proj, u, *keys)
+    return _Attention.apply(native.library(), _Edges(edges, keys), query_proj, u, *keys)
 
 
 def weighted_sum(values: Sequence[Tensor], edges: Sequence[EdgeIndex], alpha: Tensor) -> Tensor:
     """out_t = sum over groups and candidates e of t of alpha_e values[source_e], as
     `propagation.weighted_sum` (alpha: `attention`'s layout)."""
-    return _WeightedSum.apply(propagation_library(), _Edges(edges, values), alpha, *values)
+    return _WeightedSum.apply(native.library(), _Edges(edges, values), alpha, *values)
 
 
 def attend(
@@ -51,7 +49,7 @@ def attend(
     (a group's keys are projections of its values' rows: the same rows)."""
     if any(len(k) != len(v) for k, v in zip(keys, values, strict=True)):
         raise IndexError("a group's keys and values must have the same rows")
-    library, view = propagation_library(), _Edges(edges, values)
+    library, view = native.library(), _Edges(edges, values)
     alpha = _Attention.apply(library, view, query_proj, u, *keys)
     return _WeightedSum.apply(library, view, alpha, *values), alpha
 

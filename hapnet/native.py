@@ -1,20 +1,21 @@
-"""Fused CPU kernels in C (hapnet/kernels/propagation.c), built on first use with the system C
-compiler.
+"""Fused CPU kernels in C (hapnet/kernels/*.c), built on first use with the system C compiler.
 
 Why: one HAP training step attends over ~10k candidate edges in ~27 groups. In torch operations
 that is ~40 small operations per group, and their fixed cost outweighs their arithmetic. The
 fused kernels (a step's scores and softmax in one call, its weighted sum in another, forward and
-backward) do the same arithmetic faster (README, "Performance").
+backward) do the same arithmetic faster (README, "Performance"). Likewise for the visit
+predictor: the paper loss (one pass per row instead of 13 over [steps, codes]) and the GRU's
+gate arithmetic (one call per time step instead of ~30 operations).
 
-The library is compiled once per machine and cached in `cache_dir()/native`, under a name made
-from a hash of the source, the compiler command and this CPU's flags (it is built with
-`-march=native` where the compiler knows it). It is loaded with ctypes: no Python or torch
-headers, and a compile of well under a second. Its OpenMP calls resolve to the OpenMP runtime
+The sources are compiled into one library, once per machine, and cached in `cache_dir()/native`,
+under a name made from a hash of the sources, the compiler command and this CPU's flags (it is
+built with `-march=native` where the compiler knows it). It is loaded with ctypes: no Python or
+torch headers, and a compile of under a second. Its OpenMP calls resolve to the OpenMP runtime
 torch has already loaded (the same `libgomp.so.1`), so torch's threads and the kernels' are one
 pool; a compiler without OpenMP gives one-thread kernels.
 
 Where nothing compiles (no compiler, or every variant fails), or with `HAPNET_NATIVE=0`,
-`propagation_library()` returns None (after one warning if a build failed) and callers use torch
+`library()` returns None (after one warning if a build failed) and callers use torch
 operations, which give the same results to float rounding.
 """
 
@@ -30,13 +31,17 @@ import tempfile
 import warnings
 from pathlib import Path
 
-_SOURCE = Path(__file__).parent / "kernels" / "propagation.c"
+import torch
+
+_KERNELS = Path(__file__).parent / "kernels"
+_SOURCES = [_KERNELS / "propagation.c", _KERNELS / "predictor.c"]
+_NAME = "kernels"
 _FLAGS = ["-O3", "-ffast-math", "-shared", "-fPIC"]
 # Tried in order: OpenMP and this CPU's instructions; without OpenMP (Apple's clang has none: one
 # thread); without -march=native (compilers that do not know it).
 _VARIANTS = [["-march=native", "-fopenmp"], ["-march=native"], []]
-_loaded: dict[str, ctypes.CDLL | None] = {}
-_failure: dict[str, str] = {}  # why a library did not build
+_loaded: dict[str, ctypes.CDLL | None] = {}  # _NAME -> the library, once tried
+_failure: dict[str, str] = {}  # _NAME -> why it did not build
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
@@ -70,6 +75,14 @@ _SIGNATURES = {
     # grad_out, D, groups, values*, value strides*, value rows*, targets*, sources*, counts*, alpha,
     # grad_alpha, grad_values*, grad value strides*, once*, threads
     "weighted_sum_backward": [_P, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int],
+    # logits, R, C, rows, codes, M, clamp, p, loss, log_sum, threads
+    "paper_loss_forward": [_P, _I, _I, _P, _P, _I, ctypes.c_float, _P, _P, _P, ctypes.c_int],
+    # grad_loss, p, R, C, rows, codes, M, clamp, grad_logits, sum_a, threads
+    "paper_loss_backward": [_P, _P, _I, _I, _P, _P, _I, ctypes.c_float, _P, _P, ctypes.c_int],
+    # size, H, gx, gh, gh_stride, h_prev, rz, n, hn, h, threads
+    "gru_forward_step": [_I, _I, _P, _P, _I, _P, _P, _P, _P, _P, ctypes.c_int],
+    # size, H, grad_h, rz, n, hn, h_prev, grad_gx, grad_gh, threads
+    "gru_backward_step": [_I, _I, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int],
 }
 
 
@@ -77,40 +90,42 @@ def native_enabled() -> bool:
     return os.environ.get("HAPNET_NATIVE", "1") != "0"
 
 
-def propagation_library() -> ctypes.CDLL | None:
-    """The fused propagation kernels, built and loaded once per process; None where unavailable."""
+def library() -> ctypes.CDLL | None:
+    """The fused kernels, built and loaded once per process; None where unavailable."""
     if not native_enabled():
         return None
-    if _SOURCE.stem not in _loaded:
-        _loaded[_SOURCE.stem] = _load(_SOURCE, _SIGNATURES)
-    return _loaded[_SOURCE.stem]
+    if _NAME not in _loaded:
+        _loaded[_NAME] = _load()
+    return _loaded[_NAME]
 
 
-def propagation_kernels_status() -> str:
-    """One line for benchmarks and reports: whether propagation runs the fused kernels."""
+def kernels_for(*tensors: torch.Tensor) -> ctypes.CDLL | None:
+    """The library, if it takes these tensors (all float32 on the CPU) and has built; else None."""
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return None
+    return library()
+
+
+def kernels_status() -> str:
+    """One line for benchmarks and reports: whether the fused kernels run."""
     if not native_enabled():
         return "off (HAPNET_NATIVE=0)"
-    if propagation_library() is None:
-        return f"off ({_failure.get(_SOURCE.stem, 'not built')}): torch operations"
-    return f"on ({_SOURCE.name}, {_library_path(_SOURCE)})"
+    loaded = library()
+    if loaded is None:
+        return f"off ({_failure.get(_NAME, 'not built')}): torch operations"
+    return f"on ({', '.join(s.name for s in _SOURCES)}: {loaded._name})"
 
 
-def _library_path(source: Path) -> str:
-    library = _loaded.get(source.stem)
-    return getattr(library, "_name", "?") if library is not None else "?"
-
-
-def _load(source: Path, signatures: dict[str, list]) -> ctypes.CDLL | None:
+def _load() -> ctypes.CDLL | None:
     try:
-        path = _build(source)
-        library = ctypes.CDLL(str(path))
-        for name, argtypes in signatures.items():
-            function = getattr(library, name)
+        loaded = ctypes.CDLL(str(_build()))
+        for name, argtypes in _SIGNATURES.items():
+            function = getattr(loaded, name)
             function.argtypes, function.restype = argtypes, ctypes.c_int
-        return library
+        return loaded
     except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        _failure[source.stem] = reason
+        _failure[_NAME] = reason
         warnings.warn(
             f"hapnet: the fused CPU kernels did not build ({reason}); using torch operations "
             "(same results, slower). Set HAPNET_NATIVE=0 to skip this attempt.",
@@ -119,18 +134,18 @@ def _load(source: Path, signatures: dict[str, list]) -> ctypes.CDLL | None:
         return None
 
 
-def _build(source: Path) -> Path:
-    """Compile `source` into the cache unless an identical build is there; returns its path."""
+def _build() -> Path:
+    """Compile the sources into the cache unless an identical build is there; returns its path."""
     from hapnet.ontology_io import cache_dir
 
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C compiler: {compiler!r} not found")
-    text = source.read_bytes()
+    text = b"".join(source.read_bytes() for source in _SOURCES)
     for extra in _VARIANTS:
         command = [compiler, *_FLAGS, *extra]
         key = hashlib.sha256(text + " ".join(command).encode() + _cpu_signature()).hexdigest()[:20]
-        path = cache_dir() / "native" / f"{source.stem}-{key}.so"
+        path = cache_dir() / "native" / f"{_NAME}-{key}.so"
         if path.exists():
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +154,7 @@ def _build(source: Path) -> Path:
         os.close(handle)
         try:
             result = subprocess.run(
-                [*command, str(source), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120
+                [*command, *map(str, _SOURCES), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120
             )
             if result.returncode == 0:
                 os.replace(tmp, path)

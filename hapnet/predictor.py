@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from hapnet import native
 from hapnet.gru import packed_gru
 
 if TYPE_CHECKING:
@@ -202,10 +203,32 @@ class _PaperLoss(torch.autograd.Function):
     as autograd through the clamp gives) and a_c = -1 on target. Dense log p is never formed
     (only its values at the targets), 1 - p is kept for the backward, and the clamp only runs
     when a row saturates: 13 passes over the [steps, codes] matrix where autograd through the
-    formula makes ~30."""
+    formula makes ~30. For float32 on the CPU the fused C kernels (hapnet/kernels/predictor.c)
+    do the same in one pass per row forward and two backward; these torch operations are their
+    reference and fallback."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, rows: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        library = native.kernels_for(logits)
+        ctx.library = library
+        if library is not None:
+            logits, rows, codes = logits.contiguous(), rows.contiguous(), codes.contiguous()
+            p = torch.empty_like(logits)
+            per_step, log_sum = logits.new_empty(len(logits)), logits.new_empty(len(logits))
+            library.paper_loss_forward(
+                logits.data_ptr(),
+                *logits.shape,
+                rows.data_ptr(),
+                codes.data_ptr(),
+                len(rows),
+                PAPER_CLAMP,
+                p.data_ptr(),
+                per_step.data_ptr(),
+                log_sum.data_ptr(),
+                torch.get_num_threads(),
+            )
+            ctx.save_for_backward(p, rows, codes)
+            return per_step
         shifted = logits - logits.amax(1, keepdim=True)  # each row's largest entry is 0
         log_p_target = shifted[rows, codes]  # minus log of the row sum, below
         p = shifted.exp_()
@@ -225,6 +248,23 @@ class _PaperLoss(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        if ctx.library is not None:
+            p, rows, codes = ctx.saved_tensors
+            grad = grad.contiguous()
+            grad_logits, sum_a = torch.empty_like(p), p.new_empty(len(p))
+            ctx.library.paper_loss_backward(
+                grad.data_ptr(),
+                p.data_ptr(),
+                *p.shape,
+                rows.data_ptr(),
+                codes.data_ptr(),
+                len(rows),
+                PAPER_CLAMP,
+                grad_logits.data_ptr(),
+                sum_a.data_ptr(),
+                torch.get_num_threads(),
+            )
+            return grad_logits, None, None
         p, not_p, rows, codes = ctx.saved_tensors
         a = p / not_p
         if ctx.saturated:

@@ -1,6 +1,7 @@
-"""The fused C kernels (hapnet/kernels/propagation.c via hapnet.fused) against torch's operations,
-which are their reference: the same weights, sums and gradients in float32 on every edge layout,
-the same embeddings, explanations and training losses; and the fallback without a compiler."""
+"""The fused C kernels (hapnet/kernels/*.c) against torch's operations, which are their reference:
+propagation's weights, sums and gradients in float32 on every edge layout (via hapnet.fused), the
+paper loss and the GRU's gates (hapnet.predictor, hapnet.gru), the same embeddings, explanations
+and training losses; and the fallback without a compiler."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import numpy as np
 import pytest
 import torch
 from test_models import SMALL, random_dag
+from torch.nn.utils.rnn import PackedSequence
 
 import hapnet
 from hapnet import native, propagation
+from hapnet.gru import packed_gru
 from hapnet.models import HAPEmbedder, get_model
+from hapnet.predictor import PAPER_CLAMP, _PaperLoss
 from hapnet.propagation import AttentionScorer, Candidates, EdgeIndex, attention_weights, weighted_sum
 from hapnet.synth import write_synth
 
@@ -57,7 +61,7 @@ def random_step(seed: int, num_targets: int, attention: int = 4, dim: int = 5) -
 @needs_compiler
 @pytest.mark.parametrize("num_targets", [7, 400])  # 400: above the kernel's PARALLEL_MIN
 def test_fused_attention_equals_torch_operations(num_targets: int, torch_ops) -> None:  # noqa: ANN001
-    assert native.propagation_library() is not None, "a C compiler is here, so the kernel must build"
+    assert native.library() is not None, "a C compiler is here, so the kernel must build"
     scorer = AttentionScorer(5, 4)
     results = []
     for fused in (True, False):
@@ -142,8 +146,8 @@ def test_no_compiler_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setattr(native, "_loaded", {})
     with pytest.warns(UserWarning, match="did not build .*no C compiler"):
-        assert native.propagation_library() is None
-    assert native.propagation_library() is None  # decided once per process: no second warning
+        assert native.library() is None
+    assert native.library() is None  # decided once per process: no second warning
     torch.manual_seed(0)
     model = HAPEmbedder(random_dag(0).compile(), np.arange(5, 20), SMALL)
     model().sum().backward()  # torch operations
@@ -152,7 +156,7 @@ def test_no_compiler_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch, 
 
 def test_native_off_means_torch_operations(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HAPNET_NATIVE", "0")
-    assert native.propagation_library() is None
+    assert native.library() is None
     calls = []
     original = propagation.edge_scores
     monkeypatch.setattr(propagation, "edge_scores", lambda *a: calls.append(1) or original(*a))
@@ -202,6 +206,7 @@ def test_kernels_refuse_rows_their_edges_do_not_fit() -> None:
 @needs_compiler
 @pytest.mark.parametrize("model", ["hap", "gram"])
 def test_training_with_and_without_the_kernels_gives_the_same_losses(model: str, tmp_path, torch_ops) -> None:  # noqa: ANN001
+    assert native.library() is not None, "a C compiler is here, so the kernels must build"
     data = write_synth(tmp_path / "data", "icd9-ccs", patients=200, seed=3)
     settings = dict(model=model, data=str(data), epochs=2, dim=16, hidden=16, attention_dim=8, device="cpu")
     fused = hapnet.train(**settings)
@@ -211,3 +216,58 @@ def test_training_with_and_without_the_kernels_gives_the_same_losses(model: str,
         got, want = [r[name] for r in fused.history], [r[name] for r in reference.history]
         assert np.allclose(got, want, rtol=1e-4), (name, got, want)
     assert abs(fused.metrics["test"]["accuracy"] - reference.metrics["test"]["accuracy"]) < 0.01
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", [(6, 9), (40, 1000)])  # 40 x 1000: above PARALLEL_MIN
+def test_fused_paper_loss_equals_torch_operations(shape: tuple[int, int], torch_ops) -> None:  # noqa: ANN001
+    assert native.library() is not None, "a C compiler is here, so the kernels must build"
+    rows, codes = shape
+    g = torch.Generator().manual_seed(rows)
+    logits = (torch.randn(rows, codes, generator=g) * 4).requires_grad_()
+    with torch.no_grad():
+        logits[1, 2] = 60.0  # a saturated row: p > PAPER_CLAMP there, clamped in log(1 - p)
+    target_rows = np.repeat(np.arange(rows), 3)
+    target_rows = target_rows[target_rows != 3]  # row 3 has no target
+    target_codes = np.concatenate([torch.randperm(codes, generator=g)[:3].numpy() for _ in range(rows)])
+    target_codes = target_codes[np.repeat(np.arange(rows), 3) != 3]
+    target_codes[np.flatnonzero(target_rows == 1)[0]] = 2  # the saturated code is a target
+    pairs = torch.from_numpy(target_rows), torch.from_numpy(target_codes)
+    weights = torch.rand(rows, generator=g)
+    loss = _PaperLoss.apply(logits, *pairs)
+    (grad,) = torch.autograd.grad((loss * weights).sum(), logits)
+    with torch_ops():
+        expected = _PaperLoss.apply(logits, *pairs)
+        (expected_grad,) = torch.autograd.grad((expected * weights).sum(), logits)
+    p = torch.softmax(logits.detach(), 1)
+    assert p[1, 2] > PAPER_CLAMP and expected.isfinite().all()
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    assert torch.allclose(grad, expected_grad, rtol=1e-4, atol=1e-7)
+
+
+@needs_compiler
+@pytest.mark.parametrize(("batch_sizes", "hidden"), [([4, 3, 3, 1], 5), ([100, 40, 3, 1], 400)])
+def test_fused_gru_gates_equal_torch_operations_and_nn_gru(batch_sizes: list, hidden: int, torch_ops) -> None:  # noqa: ANN001
+    """float32 (the kernels' type); 100 rows x 400: above PARALLEL_MIN."""
+    assert native.library() is not None, "a C compiler is here, so the kernels must build"
+    torch.manual_seed(hidden)
+    gru = torch.nn.GRU(6, hidden)
+    sizes = torch.tensor(batch_sizes)
+    x = torch.randn(int(sizes.sum()), 6, requires_grad=True)
+    weights = torch.randn(len(x), hidden)
+    inputs = [x, *gru.parameters()]
+    runs = []
+    for run in ("fused", "torch operations", "nn.GRU"):
+        if run == "fused":
+            out = packed_gru(x, sizes, gru)
+        elif run == "torch operations":
+            with torch_ops():
+                out = packed_gru(x, sizes, gru)
+        else:
+            out = gru(PackedSequence(x, sizes))[0].data
+        runs.append((out, torch.autograd.grad((out * weights).sum(), inputs)))
+    (out, grads), *references = runs
+    for expected, expected_grads in references:
+        assert torch.allclose(out, expected, rtol=1e-5, atol=1e-6)
+        for got, want in zip(grads, expected_grads, strict=True):
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
