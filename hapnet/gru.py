@@ -92,32 +92,21 @@ class _PackedGRU(torch.autograd.Function):
 
 
 def _gates_forward(
-    library,
+    library,  # noqa: ANN001
     gx: Tensor,
     gh: Tensor,
     h_prev: Tensor | None,
     rz: Tensor,
     n: Tensor,
     hn: Tensor,
-    h: Tensor,  # noqa: ANN001
+    h: Tensor,
 ) -> None:
     """One step's gates from gx = W_i x + b_i and gh = W_h h_prev + b_h, into rz, n, hn (W_hn h_prev
     + b_hn, which r multiplies) and h. `library`: the fused kernels, or None for torch operations."""
     hidden = n.shape[1]
     if library is not None:
-        library.gru_forward_step(
-            len(n),
-            hidden,
-            gx.data_ptr(),
-            gh.data_ptr(),
-            gh.stride(0),  # 0 for step 0, whose gh is the bias
-            None if h_prev is None else h_prev.data_ptr(),
-            rz.data_ptr(),
-            n.data_ptr(),
-            hn.data_ptr(),
-            h.data_ptr(),
-            torch.get_num_threads(),
-        )
+        # gh's row stride is 0 at step 0, whose gh is the bias
+        native.call(library.gru_forward_step, len(n), hidden, gx, gh, gh.stride(0), h_prev, rz, n, hn, h)
         return
     torch.add(gx[:, : 2 * hidden], gh[:, : 2 * hidden], out=rz).sigmoid_()
     r, z = rz[:, :hidden], rz[:, hidden:]
@@ -143,18 +132,7 @@ def _gates_backward(
     grad_gx and grad_gh; returns grad_h * z, the part of d loss / d h_prev not through W_h."""
     hidden = n.shape[1]
     if library is not None:
-        library.gru_backward_step(
-            len(n),
-            hidden,
-            grad_h.data_ptr(),
-            rz.data_ptr(),
-            n.data_ptr(),
-            hn.data_ptr(),
-            h_prev.data_ptr(),
-            grad_gx.data_ptr(),
-            grad_gh.data_ptr(),
-            torch.get_num_threads(),
-        )
+        native.call(library.gru_backward_step, len(n), hidden, grad_h, rz, n, hn, h_prev, grad_gx, grad_gh)
         return grad_h  # the kernel leaves grad_h * z in it
     r, z = rz[:, :hidden], rz[:, hidden:]
     grad_n_pre = grad_h * (1 - z) * (1 - n * n)  # through h = (1 - z) n + z h_prev, n = tanh(.)

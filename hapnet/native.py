@@ -106,6 +106,13 @@ def kernels_for(*tensors: torch.Tensor) -> ctypes.CDLL | None:
     return library()
 
 
+def call(function: ctypes._CFuncPtr, *args: torch.Tensor | int | float | None) -> int:
+    """Call a kernel with `args` (tensors as pointers to their data: the tuple keeps them alive
+    during the call) and torch's thread count last."""
+    pointers = (a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args)
+    return function(*pointers, torch.get_num_threads())
+
+
 def kernels_status() -> str:
     """One line for benchmarks and reports: whether the fused kernels run."""
     if not native_enabled():

@@ -212,21 +212,12 @@ class _PaperLoss(torch.autograd.Function):
         library = native.kernels_for(logits)
         ctx.library = library
         if library is not None:
-            logits, rows, codes = logits.contiguous(), rows.contiguous(), codes.contiguous()
+            logits = logits.contiguous()
+            rows, codes = rows.to(torch.int64).contiguous(), codes.to(torch.int64).contiguous()
             p = torch.empty_like(logits)
             per_step, log_sum = logits.new_empty(len(logits)), logits.new_empty(len(logits))
-            library.paper_loss_forward(
-                logits.data_ptr(),
-                *logits.shape,
-                rows.data_ptr(),
-                codes.data_ptr(),
-                len(rows),
-                PAPER_CLAMP,
-                p.data_ptr(),
-                per_step.data_ptr(),
-                log_sum.data_ptr(),
-                torch.get_num_threads(),
-            )
+            args = (logits, *logits.shape, rows, codes, len(rows), PAPER_CLAMP, p, per_step, log_sum)
+            native.call(library.paper_loss_forward, *args)
             ctx.save_for_backward(p, rows, codes)
             return per_step
         shifted = logits - logits.amax(1, keepdim=True)  # each row's largest entry is 0
@@ -252,18 +243,8 @@ class _PaperLoss(torch.autograd.Function):
             p, rows, codes = ctx.saved_tensors
             grad = grad.contiguous()
             grad_logits, sum_a = torch.empty_like(p), p.new_empty(len(p))
-            ctx.library.paper_loss_backward(
-                grad.data_ptr(),
-                p.data_ptr(),
-                *p.shape,
-                rows.data_ptr(),
-                codes.data_ptr(),
-                len(rows),
-                PAPER_CLAMP,
-                grad_logits.data_ptr(),
-                sum_a.data_ptr(),
-                torch.get_num_threads(),
-            )
+            args = (grad, p, *p.shape, rows, codes, len(rows), PAPER_CLAMP, grad_logits, sum_a)
+            native.call(ctx.library.paper_loss_backward, *args)
             return grad_logits, None, None
         p, not_p, rows, codes = ctx.saved_tensors
         a = p / not_p
