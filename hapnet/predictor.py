@@ -214,6 +214,7 @@ class _PaperLoss(torch.autograd.Function):
         if library is not None:
             logits = logits.contiguous()
             rows, codes = rows.to(torch.int64).contiguous(), codes.to(torch.int64).contiguous()
+            _check_pairs(rows, codes, logits.shape)  # the kernel trusts them
             p = torch.empty_like(logits)
             per_step, log_sum = logits.new_empty(len(logits)), logits.new_empty(len(logits))
             args = (logits, *logits.shape, rows, codes, len(rows), PAPER_CLAMP, p, per_step, log_sum)
@@ -254,6 +255,14 @@ class _PaperLoss(torch.autograd.Function):
         scale = grad.unsqueeze(1)
         sum_a = a.sum(1, keepdim=True).mul_(scale)
         return a.mul_(scale).addcmul_(p, sum_a, value=-1), None, None
+
+
+def _check_pairs(rows: torch.Tensor, codes: torch.Tensor, shape: torch.Size) -> None:
+    if len(rows) != len(codes):
+        raise ValueError("one code per target row is needed")
+    for index, size in ((rows, shape[0]), (codes, shape[1])):
+        if len(index) and not 0 <= int(index.min()) <= int(index.max()) < size:
+            raise IndexError("target (row, code) pairs outside the logits")
 
 
 def next_visit_loss(logits: torch.Tensor, batch: Batch, kind: str) -> torch.Tensor:

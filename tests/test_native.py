@@ -62,6 +62,7 @@ def random_step(seed: int, num_targets: int, attention: int = 4, dim: int = 5) -
 @pytest.mark.parametrize("num_targets", [7, 400])  # 400: above the kernel's PARALLEL_MIN
 def test_fused_attention_equals_torch_operations(num_targets: int, torch_ops) -> None:  # noqa: ANN001
     assert native.library() is not None, "a C compiler is here, so the kernel must build"
+    torch.manual_seed(0)  # the scorer's parameters: the same inputs whatever ran before
     scorer = AttentionScorer(5, 4)
     results = []
     for fused in (True, False):
@@ -108,6 +109,7 @@ def test_fused_weighted_sum_equals_torch_operations(num_targets: int, wanted: st
 
 @needs_compiler
 def test_fused_attention_is_deterministic_and_runs_without_grad() -> None:
+    torch.manual_seed(0)
     scorer = AttentionScorer(5, 4)
     grads = []
     for _ in range(2):
@@ -271,3 +273,14 @@ def test_fused_gru_gates_equal_torch_operations_and_nn_gru(batch_sizes: list, hi
         assert torch.allclose(out, expected, rtol=1e-5, atol=1e-6)
         for got, want in zip(grads, expected_grads, strict=True):
             assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@needs_compiler
+def test_fused_paper_loss_refuses_pairs_outside_the_logits() -> None:
+    logits = torch.zeros(3, 4)
+    with pytest.raises(IndexError, match="outside"):
+        _PaperLoss.apply(logits, torch.tensor([0, 3]), torch.tensor([1, 1]))  # row 3 of 3
+    with pytest.raises(IndexError, match="outside"):
+        _PaperLoss.apply(logits, torch.tensor([0, 1]), torch.tensor([1, -1]))
+    with pytest.raises(ValueError, match="one code per target row"):
+        _PaperLoss.apply(logits, torch.tensor([0, 1]), torch.tensor([1]))
