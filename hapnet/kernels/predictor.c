@@ -19,7 +19,7 @@
 
 /* p [R, C] = softmax of logits [R, C] per row; loss [R] = -sum_c log(1 - min(p, clamp)) plus, for
  * each target (rows[m], codes[m]), log(1 - min(p, clamp)) - log p at it (log p exactly, from the
- * logits). Targets of a row must be distinct. */
+ * logits). A row's targets are distinct (a visit's codes are). */
 int paper_loss_forward(const float *logits, int64_t R, int64_t C, const int64_t *rows,
                        const int64_t *codes, int64_t M, float clamp, float *p, float *loss,
                        float *log_sum, int num_threads) {
