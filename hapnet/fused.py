@@ -1,8 +1,8 @@
 """Autograd functions over the fused C kernels of one propagation step (`hapnet.native`).
 
 `hapnet.propagation.attention_weights` and `weighted_sum` call these for float32 CPU tensors when
-the kernels have built; their own torch operations are the reference and the fallback
-(tests/test_native.py holds the two to each other). Edges are `EdgeIndex` groups: the kernels
+the kernels have built (`native.kernels_for`); their own torch operations are the reference and
+the fallback (tests/test_native.py holds the two to each other). Edges are `EdgeIndex` groups: the kernels
 read their index tensors in place, through pointer arrays.
 """
 
@@ -19,11 +19,6 @@ from hapnet import native
 
 if TYPE_CHECKING:
     from hapnet.propagation import EdgeIndex
-
-
-def applies(*tensors: Tensor) -> bool:
-    """Whether the fused kernels take these tensors: all float32 on the CPU, and the kernels built."""
-    return native.kernels_for(*tensors) is not None
 
 
 def attention(query_proj: Tensor, keys: Sequence[Tensor], edges: Sequence[EdgeIndex], u: Tensor) -> Tensor:

@@ -35,13 +35,14 @@ import torch
 
 _KERNELS = Path(__file__).parent / "kernels"
 _SOURCES = [_KERNELS / "propagation.c", _KERNELS / "predictor.c"]
-_NAME = "kernels"
+_NAME = "kernels"  # of the cached build
 _FLAGS = ["-O3", "-ffast-math", "-shared", "-fPIC"]
 # Tried in order: OpenMP and this CPU's instructions; without OpenMP (Apple's clang has none: one
 # thread); without -march=native (compilers that do not know it).
 _VARIANTS = [["-march=native", "-fopenmp"], ["-march=native"], []]
-_loaded: dict[str, ctypes.CDLL | None] = {}  # _NAME -> the library, once tried
-_failure: dict[str, str] = {}  # _NAME -> why it did not build
+_UNTRIED = object()
+_loaded: ctypes.CDLL | None | object = _UNTRIED  # the library once tried (None: it did not build)
+_failure = "not built"  # why it did not build
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
@@ -94,9 +95,10 @@ def library() -> ctypes.CDLL | None:
     """The fused kernels, built and loaded once per process; None where unavailable."""
     if not native_enabled():
         return None
-    if _NAME not in _loaded:
-        _loaded[_NAME] = _load()
-    return _loaded[_NAME]
+    global _loaded
+    if _loaded is _UNTRIED:
+        _loaded = _load()
+    return _loaded  # type: ignore[return-value]
 
 
 def kernels_for(*tensors: torch.Tensor) -> ctypes.CDLL | None:
@@ -119,11 +121,12 @@ def kernels_status() -> str:
         return "off (HAPNET_NATIVE=0)"
     loaded = library()
     if loaded is None:
-        return f"off ({_failure.get(_NAME, 'not built')}): torch operations"
+        return f"off ({_failure}): torch operations"
     return f"on ({', '.join(s.name for s in _SOURCES)}: {loaded._name})"
 
 
 def _load() -> ctypes.CDLL | None:
+    global _failure
     try:
         loaded = ctypes.CDLL(str(_build()))
         for name, argtypes in _SIGNATURES.items():
@@ -132,7 +135,7 @@ def _load() -> ctypes.CDLL | None:
         return loaded
     except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        _failure[_NAME] = reason
+        _failure = reason
         warnings.warn(
             f"hapnet: the fused CPU kernels did not build ({reason}); using torch operations "
             "(same results, slower). Set HAPNET_NATIVE=0 to skip this attempt.",

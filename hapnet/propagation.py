@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hapnet import fused
+from hapnet import fused, native
 from hapnet.hierarchy import Step
 
 
@@ -330,7 +330,7 @@ def weighted_sum(groups: Sequence[Candidates], weights: Sequence[Tensor]) -> Ten
     """out_t = sum over candidates j of t (in every group) of weight_j * h_j (one call of a fused
     C kernel on the CPU in float32, `hapnet.fused`)."""
     values = [group.values for group in groups]
-    if fused.applies(*values, *weights):
+    if native.kernels_for(*values, *weights) is not None:
         alpha = weights[0] if len(weights) == 1 else torch.cat(list(weights))
         return fused.weighted_sum(values, [group.edges for group in groups], alpha)
     out = None
@@ -355,7 +355,9 @@ def attend_candidates(
 
 def _fused(query_proj: Tensor, groups: Sequence[Candidates], scorer: AttentionScorer, *more: Tensor) -> bool:
     keys = [group.keys for group in groups]
-    return all(k is not None for k in keys) and fused.applies(query_proj, scorer.u, *keys, *more)  # type: ignore[arg-type]
+    if any(k is None for k in keys):
+        return False
+    return native.kernels_for(query_proj, scorer.u, *keys, *more) is not None  # type: ignore[arg-type]
 
 
 def attend(

@@ -146,7 +146,7 @@ def test_models_train_the_same_with_and_without_the_kernel(name: str, torch_ops)
 def test_no_compiler_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
     monkeypatch.setenv("HAPNET_CACHE_DIR", str(tmp_path))  # nothing built yet
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "_loaded", native._UNTRIED)
     with pytest.warns(UserWarning, match="did not build .*no C compiler"):
         assert native.library() is None
     assert native.library() is None  # decided once per process: no second warning
