@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import hapnet
+from hapnet.benchmark import time_interleaved
 from hapnet.config import make_config
 from hapnet.flops import BACKWARD_FACTOR, matmul_gflops, predictor_flops, propagation_flops
 from hapnet.native import kernels_status
@@ -148,10 +149,9 @@ def print_bound(config, ontology, vocab, batches, step_flops: float, speed: floa
     """What one step costs at least here, against the floor, all taken at the machine's best
     (fastest of many calls): its matrix products at the speed this machine's BLAS reaches at
     their shapes, the optimiser's update at memory bandwidth, and the same step with d 4 (what its
-    operations cost, with next to no arithmetic). `speed`: the best 2048^2 speed seen so far;
-    `step_ms`: a step of the fastest epoch."""
-    best_ms = replay_ms((2048, 2048, 2048, False))[0]
-    floor_ms = step_flops / 1e6 / max(speed, 2 * 2048**3 / 1e6 / best_ms)
+    operations cost, with next to no arithmetic). `speed`: the best 2048^2 speed measured around
+    the epochs; `step_ms`: a step of the fastest epoch."""
+    floor_ms = step_flops / 1e6 / speed
     model = build_model(config, ontology, vocab)
     optimizer = make_optimizer(config, model)
     products = matrix_product_shapes(model, optimizer, batches[:10], config.loss)
@@ -208,7 +208,7 @@ def replay_ms(shape: tuple[int, int, int, bool]) -> tuple[float, float]:
     m, k, n, bias = shape
     a, b, c = torch.randn(m, k), torch.randn(k, n), torch.randn(n)
     product = (lambda: torch.addmm(c, a, b)) if bias else (lambda: a @ b)
-    times = _timings(product, max(5, int(1e8 / (2 * m * k * n + 1))))
+    times = _seconds_per_call(product, max(5, int(1e8 / (2 * m * k * n + 1))))
     return 1000 * min(times), 1000 * float(np.median(times))
 
 
@@ -227,19 +227,12 @@ def optimiser_traffic(optimizer: torch.optim.Optimizer) -> int:
 def memory_bandwidth(elements: int = 1 << 24) -> float:
     """Bytes per second of c = a + b on arrays far larger than the caches."""
     a, b, c = torch.randn(elements), torch.randn(elements), torch.empty(elements)
-    return 3 * 4 * elements / min(_timings(lambda: torch.add(a, b, out=c), 20))  # at its best
+    return 3 * 4 * elements / min(_seconds_per_call(lambda: torch.add(a, b, out=c), 20))  # at its best
 
 
-def _timings(function, repeats: int) -> list[float]:  # noqa: ANN001
+def _seconds_per_call(function, repeats: int) -> list[float]:  # noqa: ANN001
     """Seconds of each of `repeats` calls of `function`, after three warm-up calls."""
-    for _ in range(3):
-        function()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return times
+    return time_interleaved({"call": function}, repeats, warmup=3, device=torch.device("cpu"))["call"]
 
 
 def time_phases(model, optimizer, batches, loss_kind: str, warm_up: int = 5) -> dict[str, float]:  # noqa: ANN001

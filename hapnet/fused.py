@@ -107,21 +107,21 @@ class _Attention(torch.autograd.Function):
         keep = any(ctx.needs_input_grad[2:]) or size > 1024  # else the kernel's stack holds a row
         tanh_all = query_proj.new_empty((edges.total, size)) if keep else None
         _check(
-            library.attention_forward(
-                query_proj.data_ptr(),
+            native.call(
+                library.attention_forward,
+                query_proj,
                 query_proj.stride(0),
                 edges.num_targets,
                 size,
-                u.data_ptr(),
+                u,
                 len(keys),
                 _pointers(keys),
                 _int64s([k.stride(0) for k in keys]),
                 edges.targets,
                 edges.sources,
                 edges.counts,
-                alpha.data_ptr(),
-                None if tanh_all is None else tanh_all.data_ptr(),
-                torch.get_num_threads(),
+                alpha,
+                tanh_all,
             )
         )
         ctx.save_for_backward(alpha, tanh_all, u)
@@ -138,30 +138,28 @@ class _Attention(torch.autograd.Function):
             _gradient(u, shape, once) for shape, once in zip(ctx.key_shapes, edges.once, strict=True)
         ]
         grad_u = u.new_empty(size)
-        # Locals, not temporaries: a tensor made inside the call's arguments would be freed
-        # before the kernel writes to it.
         grad_alpha, scratch = grad_alpha.contiguous(), torch.empty_like(tanh_all)
         _check(
-            ctx.library.attention_backward(
-                grad_alpha.data_ptr(),
-                alpha.data_ptr(),
-                tanh_all.data_ptr(),
-                u.data_ptr(),
+            native.call(
+                ctx.library.attention_backward,
+                grad_alpha,
+                alpha,
+                tanh_all,
+                u,
                 edges.num_targets,
                 size,
                 len(grad_keys),
                 edges.targets,
                 edges.sources,
                 edges.counts,
-                grad_query.data_ptr(),
+                grad_query,
                 size,
                 _pointers(grad_keys),
                 _int64s([size] * len(grad_keys)),
                 _int64s([s[0] for s in ctx.key_shapes]),
                 edges.once_flags,
-                grad_u.data_ptr(),
-                scratch.data_ptr(),
-                torch.get_num_threads(),
+                grad_u,
+                scratch,
             )
         )
         return None, None, grad_query, grad_u, *grad_keys
@@ -178,7 +176,8 @@ class _WeightedSum(torch.autograd.Function):
             raise ValueError("one weight per candidate, and rows of one width, are needed")
         out = values[0].new_empty((edges.num_targets, width))
         _check(
-            library.weighted_sum_forward(
+            native.call(
+                library.weighted_sum_forward,
                 edges.num_targets,
                 width,
                 len(values),
@@ -188,9 +187,8 @@ class _WeightedSum(torch.autograd.Function):
                 edges.sources,
                 edges.offsets,
                 edges.counts,
-                alpha.data_ptr(),
-                out.data_ptr(),
-                torch.get_num_threads(),
+                alpha,
+                out,
             )
         )
         ctx.save_for_backward(alpha, *values)
@@ -209,8 +207,9 @@ class _WeightedSum(torch.autograd.Function):
             for v, need, once in zip(values, ctx.needs_input_grad[3:], edges.once, strict=True)
         ]
         _check(
-            ctx.library.weighted_sum_backward(
-                grad_out.data_ptr(),
+            native.call(
+                ctx.library.weighted_sum_backward,
+                grad_out,
                 width,
                 len(values),
                 _pointers(values),
@@ -219,12 +218,11 @@ class _WeightedSum(torch.autograd.Function):
                 edges.targets,
                 edges.sources,
                 edges.counts,
-                alpha.data_ptr(),
-                None if grad_alpha is None else grad_alpha.data_ptr(),
+                alpha,
+                grad_alpha,
                 _pointers(grad_values),
                 _int64s([width] * len(values)),
                 edges.once_flags,
-                torch.get_num_threads(),
             )
         )
         return None, None, grad_alpha, *grad_values

@@ -108,9 +108,9 @@ def kernels_for(*tensors: torch.Tensor) -> ctypes.CDLL | None:
     return library()
 
 
-def call(function: ctypes._CFuncPtr, *args: torch.Tensor | int | float | None) -> int:
+def call(function: ctypes._CFuncPtr, *args: torch.Tensor | ctypes.Array | int | float | None) -> int:
     """Call a kernel with `args` (tensors as pointers to their data: the tuple keeps them alive
-    during the call) and torch's thread count last."""
+    during the call; the rest as they are) and torch's thread count last."""
     pointers = (a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args)
     return function(*pointers, torch.get_num_threads())
 
