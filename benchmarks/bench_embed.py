@@ -12,7 +12,7 @@ For each ontology, one row per method:
                installed (benchmark only, never a hapnet dependency); ranked by its own Poincaré
                distance, and by cosine (what `hapnet neighbors` uses).
 Columns: MAP and mean rank (reconstruction of parents + children over every node,
-`hapnet.embedding`), the same for all ancestors (the transitive closure: Nickel & Kiela's WordNet
+`hapnet.embeddings`), the same for all ancestors (the transitive closure: Nickel & Kiela's WordNet
 setting; `--sample` random query nodes, the same for every method), seconds of training and of the
 parents + children evaluation. Not a test: run it by hand and record the figures.
 """
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import hapnet
-from hapnet.embedding import reconstruction, relations
+from hapnet.embeddings.reconstruction import reconstruction, relations
 
 
 def evaluate(

@@ -1,11 +1,14 @@
 """Benchmark: one training epoch at the paper's settings on MIMIC-III-sized synthetic data,
-against its arithmetic floor (FLOPs / this machine's measured matmul speed).
+against its arithmetic floor (FLOPs / this machine's measured matmul speed) and, with `--naive`,
+against the naive reference port of `hapnet bench`.
 
-    python benchmarks/bench_epoch.py [--model hap] [--patients 7500] [--epochs 2] [--phases] [--bound]
+    python benchmarks/bench_epoch.py [--model hap] [--patients 7500] [--epochs 2] [--naive] [--phases] [--bound]
 
-Prints the data shape, seconds per epoch (the fastest after the first), the epoch's FLOPs, the
-floor, and the ratio: each epoch against the matmul speed measured beside it, the median over the
-epochs after the first. A step embeds only its batch's codes, so the floor counts the propagation
+Prints the data shape, seconds per epoch (the fastest after the first, and the first against it),
+the epoch's FLOPs, the floor, and the ratio: each epoch against the matmul speed measured beside it,
+the median over the epochs after the first. `--naive` then times whole epochs of training steps
+(the same batches in the same order, the same settings) of hapnet's model and of the naive port,
+alternated in this process, and prints the speed-up. A step embeds only its batch's codes, so the floor counts the propagation
 those need; the ratio with every code embedded at every step is printed too.
 `--phases` also times one more epoch's steps phase by phase (embedder forward, predictor + loss
 forward, backward, optimiser). `--bound` prints what a step cannot go below on this machine
@@ -25,21 +28,22 @@ import numpy as np
 import torch
 
 import hapnet
-from hapnet.benchmark import time_interleaved
-from hapnet.config import make_config
-from hapnet.flops import BACKWARD_FACTOR, matmul_gflops, predictor_flops, propagation_flops
-from hapnet.native import kernels_status
-from hapnet.predictor import DIAGNOSIS, BatchBuilder, next_visit_loss
-from hapnet.trainer import (
-    TrainCallbacks,
-    Vocabulary,
-    build_model,
-    default_data_path,
-    make_optimizer,
-    model_ontology,
-    split_patients,
-)
-from hapnet.visits import load_visits
+from hapnet.data.batches import BatchBuilder
+from hapnet.data.loaders import load_visits
+from hapnet.data.splits import split_patients
+from hapnet.data.vocabulary import Vocabulary
+from hapnet.models.losses import next_visit_loss
+from hapnet.models.predictor import DIAGNOSIS
+from hapnet.ontology.hierarchy import Hierarchy
+from hapnet.models.embedder import EmbedderConfig
+from hapnet.perf.flops import BACKWARD_FACTOR, matmul_gflops, predictor_flops, propagation_flops
+from hapnet.perf.naive import NAIVE_EMBEDDERS, NaiveNextVisitModel, naive_loss, pad_matrix
+from hapnet.perf.timing import time_interleaved
+from hapnet.training.config import make_config
+from hapnet.training.optim import make_optimizer
+from hapnet.training.setup import build_model, default_data_path, model_ontology
+from hapnet.training.step import TrainingStep
+from hapnet.training.trainer import TrainCallbacks
 
 
 def main() -> None:
@@ -50,6 +54,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--ontology-scope", choices=["observed", "full"], help="override the preset's")
+    parser.add_argument("--naive", action="store_true", help="time epochs of the naive port beside ours")
+    parser.add_argument("--naive-repeats", type=int, default=1, help="alternated epochs of each (--naive)")
     parser.add_argument("--phases", action="store_true", help="time the phases of a step too")
     parser.add_argument("--bound", action="store_true", help="print the step's lower bound on this machine")
     args = parser.parse_args()
@@ -75,7 +81,7 @@ def main() -> None:
     # FLOPs of one epoch over the training split, batch by batch.
     split = split_patients(len(data.patient_ids), config.seed)
     vocab = Vocabulary.from_nodes(np.unique(codes), len(ontology))
-    hierarchy = model_ontology(config, ontology, vocab).compile()
+    hierarchy = Hierarchy.from_ontology(model_ontology(config, ontology, vocab))
     builder = BatchBuilder(data, vocab.code_to_class)
     batches = [
         builder.build(split.train[start : start + config.batch_size])
@@ -106,7 +112,6 @@ def main() -> None:
         f"threads: {torch.get_num_threads()}, matmul 2048^2 fp32 around each epoch: "
         f"{', '.join(f'{v:.0f}' for v in epoch_speeds)} GFLOP/s"
     )
-    print(f"fused CPU kernels: {kernels_status()}")
     print(
         f"model {config.model}, preset {args.preset}, ontology scope {config.ontology_scope}: "
         f"{len(batches)} steps/epoch, propagation (fwd+bwd) {BACKWARD_FACTOR * np.mean(prop) / 1e9:.2f} "
@@ -121,7 +126,16 @@ def main() -> None:
         f"with every code embedded at every step: {flops_every_code / 1e9:.1f} GFLOP, "
         f"ratio {np.median(ratios) * flops / flops_every_code:.2f}x"
     )
-    print("seconds per epoch:", [round(s, 2) for s in result.metrics["train_seconds_per_epoch"]])
+    print("seconds per epoch:", [round(s, 2) for s in per_epoch])
+    if len(per_epoch) > 1:
+        print(f"first epoch {per_epoch[0]:.2f} s = {per_epoch[0] / seconds:.2f}x the fastest later one")
+    if args.naive:
+        times = time_naive_epochs(config, ontology, vocab, data, split.train, args.naive_repeats)
+        ours, naive = min(times["ours"]), min(times["naive"])
+        print(
+            f"training-step epochs alternated in this process, fastest of {args.naive_repeats}: "
+            f"ours {ours:.2f} s, naive port {naive:.2f} s, speed-up {naive / ours:.1f}x"
+        )
     if args.phases:
         model = build_model(config, ontology, vocab)
         phases = time_phases(model, make_optimizer(config, model), batches, config.loss)
@@ -129,6 +143,46 @@ def main() -> None:
     if args.bound:
         step_ms = 1000 * seconds / len(batches)
         print_bound(config, ontology, vocab, batches, flops / len(batches), max(epoch_speeds), step_ms)
+
+
+def time_naive_epochs(config, ontology, vocab, data, train, repeats: int) -> dict[str, list[float]]:  # noqa: ANN001
+    """Seconds of whole epochs of training steps (build the batch, forward, loss, backward,
+    optimiser step) over the same batches, hapnet's model and the naive port starting from the same
+    parameters, alternated epoch by epoch."""
+    order = np.random.default_rng([config.seed, 1]).permutation(train)
+    chunks = [order[start : start + config.batch_size] for start in range(0, len(order), config.batch_size)]
+    hierarchy = Hierarchy.from_ontology(model_ontology(config, ontology, vocab))
+    ours = build_model(config, ontology, vocab)
+    ours_optimizer, ours_step = make_optimizer(config, ours), TrainingStep(ours, config.loss)
+    builder = BatchBuilder(data, vocab.code_to_class)
+    reference = NaiveNextVisitModel(
+        NAIVE_EMBEDDERS[config.model](
+            hierarchy, vocab.nodes, EmbedderConfig(config.dim, config.attention_dim)
+        ),
+        len(vocab),
+        config.dim,
+        config.hidden,
+        config.dropout,
+    )
+    reference.load_from(ours)
+    naive_optimizer = make_optimizer(config, reference)
+
+    def ours_epoch() -> None:
+        for patients in chunks:
+            ours_optimizer.zero_grad(set_to_none=True)
+            ours_step(builder.build(patients))
+            ours_optimizer.step()
+
+    def naive_epoch() -> None:
+        for patients in chunks:
+            x, y, mask = pad_matrix(data, vocab.code_to_class, patients, len(vocab))
+            loss = naive_loss(reference(x), y, mask, config.loss)
+            naive_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            naive_optimizer.step()
+
+    functions = {"ours": ours_epoch, "naive": naive_epoch}
+    return time_interleaved(functions, repeats, warmup=0, device=torch.device("cpu"))
 
 
 class MatmulSpeedAroundEpochs(TrainCallbacks):

@@ -22,8 +22,11 @@ import time
 import numpy as np
 import torch
 
-from hapnet.models import EmbedderConfig, HAPEmbedder, get_model
-from hapnet.ontology_io import load_ontology
+from hapnet.models.embedder import EmbedderConfig
+from hapnet.models.hap import HAPEmbedder
+from hapnet.models.registry import get_model
+from hapnet.ontology.builtins import load_ontology
+from hapnet.ontology.hierarchy import Hierarchy
 
 CASES = [("icd9-ccs", 400, 100), ("icd10cm", 256, 100)]
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -86,7 +89,7 @@ def main() -> None:
         if args.only and ontology_name != args.only:
             continue
         ontology = load_ontology(ontology_name)
-        hierarchy = ontology.compile()
+        hierarchy = Hierarchy.from_ontology(ontology)
         leaves = np.flatnonzero(ontology.is_leaf)
         subset = np.sort(np.random.default_rng(0).choice(leaves, size=len(leaves) // 5, replace=False))
         config = EmbedderConfig(dim=dim, attention_dim=attention)

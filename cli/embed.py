@@ -13,10 +13,10 @@ from rich.table import Table
 import hapnet
 from hapnet.cli.common import console, loss_progress, user_errors
 from hapnet.errors import InputError
-from hapnet.textio import atomic_path
+from hapnet.utils.textio import atomic_path
 
 if TYPE_CHECKING:  # torch and pandas load only when a command runs
-    from hapnet.embedding import EmbedResult
+    from hapnet.embeddings.structure import EmbedResult
 
 OUT_HELP = (
     "Output file; the format follows the suffix: .parquet/.csv (code, description, level, is_leaf, "
@@ -48,7 +48,7 @@ def embed(
 ) -> None:
     """Embeddings of every code of an ontology, learned from its structure (HAP propagation) or
     exported from a trained run, with how well they recover the ontology (MAP, mean rank)."""
-    from hapnet.embedding_io import check_writable
+    from hapnet.embeddings.formats import check_writable  # pandas: when the command runs
 
     ontology = hapnet.load_ontology(source)
     out = out or Path(f"{ontology.name}.embeddings.parquet")

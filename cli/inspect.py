@@ -12,8 +12,9 @@ from rich.text import Text
 
 from hapnet.cli.common import console, user_errors
 from hapnet.errors import HapnetError
+from hapnet.training.naming import group_names
 
-GROUP_NAMES = ["0-25% (rarest)", "25-50%", "50-75%", "75-100% (most frequent)"]
+GROUP_NAMES = group_names()
 RELATION_STYLES = {
     "self": "bold red",
     "ancestor": "blue",
@@ -49,9 +50,10 @@ def predict(
     as_json: AsJson = False,
 ) -> None:
     """The codes expected at a patient's next visit, most probable first."""
-    from hapnet.predict import parse_history, patient_history, predict_next_visit
-    from hapnet.runs import load
-    from hapnet.trainer import resolve_device
+    # torch loads here, when the command runs
+    from hapnet.inspect.predict import parse_history, patient_history, predict_next_visit
+    from hapnet.training.runs import load
+    from hapnet.training.setup import resolve_device
 
     if (history is None) == (patient is None):
         raise HapnetError("give either --history or --patient (with --data)")
@@ -109,8 +111,8 @@ def explain(
     as_json: AsJson = False,
 ) -> None:
     """Where a code's final embedding comes from: the weight of every node's base embedding."""
-    from hapnet.explain import RELATION_HELP, explain_code
-    from hapnet.runs import load
+    from hapnet.inspect.explain import RELATION_HELP, explain_code  # torch: when the command runs
+    from hapnet.training.runs import load
 
     if top < 1:
         raise HapnetError(f"--top must be at least 1, got {top}")
@@ -118,7 +120,7 @@ def explain(
         raise HapnetError(f"{png}: already exists (use --force to overwrite)")
     result = explain_code(load(run_dir), code)
     if png is not None:
-        from hapnet.plots import plot_explanation
+        from hapnet.inspect.plots import plot_explanation  # matplotlib: only when a figure is asked for
 
         plot_explanation(result, png, top=top, force=force)
     if as_json:
@@ -188,7 +190,7 @@ def plot(
     force: Annotated[bool, typer.Option(help="Overwrite existing figures.")] = False,
 ) -> None:
     """Learning curves, accuracy by frequency group (several runs side by side) and an embedding map."""
-    from hapnet.plots import plot_runs
+    from hapnet.inspect.plots import plot_runs  # matplotlib and torch: when the command runs
 
     for path in plot_runs(run_dirs, out, map_method=map_method, force=force):
         console.print(f"wrote [bold]{path}[/]", highlight=False)

@@ -10,7 +10,7 @@ from hapnet.cli.common import console, user_errors
 @user_errors
 def list_models() -> None:
     """The models `hapnet train --model` accepts (the registry shared with the library)."""
-    from hapnet.models import MODELS
+    from hapnet.models.registry import MODELS  # torch: loaded when the command runs
 
     table = Table("name", "uses ontology", "GloVe over", "description", title="Models")
     for spec in MODELS.values():

@@ -11,9 +11,8 @@ from rich.table import Table
 from rich.tree import Tree
 
 import hapnet
-from hapnet.ontology import EXACT, UNKNOWN
-
-from .common import console, user_errors
+from hapnet.cli.common import console, user_errors
+from hapnet.ontology.graph import EXACT, UNKNOWN
 
 app = typer.Typer(help="Inspect ontologies: built-in names or files.", no_args_is_help=True)
 

@@ -11,6 +11,7 @@ from rich import box
 from rich.table import Table
 
 from hapnet.cli.common import console, err_console, user_errors
+from hapnet.cli.train import RichCallbacks
 
 NOISY_SPREAD = 1.5  # slowest / fastest repeat above this: warn that the figures are unsteady
 PART_LABELS = {"propagation": "propagation", "train_step": "train step"}
@@ -26,8 +27,7 @@ def bench_table(result: dict[str, Any]) -> Table:
         f"{data['ontology']} ({data['nodes']:,} nodes, {data['codes']:,} codes), d={settings['dim']} "
         f"a={settings['attention_dim']} hidden={settings['hidden']}, batch {data['batch_patients']} patients "
         f"({data['batch_steps']} steps); {machine['device']}, {machine['threads']} threads, "
-        f"matmul {machine['matmul_gflops']:.0f} GFLOP/s; fused CPU kernels "
-        f"{machine['fused_kernels'].split(' (')[0]}; median of {settings['repeats']} after warm-up "
+        f"matmul {machine['matmul_gflops']:.0f} GFLOP/s; median of {settings['repeats']} after warm-up "
         f"({settings['clock']} clock). "
         "propagation = embedder forward + backward; train step = embedder + GRU + output layer + loss "
         "+ Adadelta step; GFLOP = the FLOP floor (fwd + bwd); % peak = GFLOP/s / matmul GFLOP/s."
@@ -73,7 +73,7 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Time propagation and one training step of HAP / GRAM against the naive reference port."""
-    from hapnet.benchmark import bench as run_bench
+    from hapnet.perf.bench import bench as run_bench  # torch: when the command runs
 
     result = run_bench(
         ontology=ontology,
@@ -140,11 +140,11 @@ def reproduce(
 
     --configs keys: hap, hap-lv3, hap-lv2, gram, gram-lv3, gram-lv2, rnn+, rnn, rollup+, rollup.
     """
-    from hapnet.cli.train import RichCallbacks
-    from hapnet.reproduction import TABLE_JSON, TABLE_MD
-    from hapnet.reproduction import reproduce as run_reproduce
-    from hapnet.seeds import parse_seeds
-    from hapnet.threads import torch_threads
+    # torch loads here, when the command runs
+    from hapnet.training.reproduction import TABLE_JSON, TABLE_MD
+    from hapnet.training.reproduction import reproduce as run_reproduce
+    from hapnet.training.seeds import parse_seeds
+    from hapnet.utils.threads import torch_threads
 
     def announce(paper: Any, index: int, count: int, done: list[int]) -> None:
         resumed = f", seeds {', '.join(map(str, done))} already done" if done else ""

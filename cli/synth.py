@@ -10,8 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from hapnet import synth as generator
 from hapnet.cli.common import console, user_errors
+from hapnet.data import synth as generator
 
 
 @user_errors

@@ -11,7 +11,12 @@ from rich.progress import Progress
 from rich.table import Table
 
 from hapnet.cli.common import console, loss_progress, user_errors
+from hapnet.data.table import UNKNOWN_POLICIES
 from hapnet.errors import HapnetError
+from hapnet.training.config import LOSSES, OPTIMIZERS, PRESETS, TrainConfig
+from hapnet.training.naming import GROUP_LABELS, run_name
+
+DEFAULTS = TrainConfig()  # the library's defaults are the CLI's: one source
 
 
 def data_report_table(rows: list) -> Table:
@@ -22,8 +27,6 @@ def data_report_table(rows: list) -> Table:
 
 
 def metrics_table(metrics: dict[str, Any], title: str) -> Table:
-    from hapnet.seeds import GROUP_LABELS
-
     k = metrics["k"]
     table = Table("split", *[f"acc@{k} {g}%" for g in GROUP_LABELS], f"acc@{k}", "loss", title=title)
     for split in ("valid", "test"):
@@ -81,7 +84,16 @@ class RichCallbacks:
         console.print("".join(f"{v:>12}" for v in values) + best, highlight=False)
 
 
-ModelOpt = Annotated[str, typer.Option("--model", help="hap, gram, rnn or rollup (see `hapnet models`).")]
+def preset_help(setting: str, text: str) -> str:
+    """`text` with the setting's default and, where the paper preset differs, the paper's value."""
+    default = getattr(DEFAULTS, setting)
+    paper = PRESETS["paper"].get(setting, default)
+    return f"{text} [default: {default}" + (f"; --preset paper: {paper}]" if paper != default else "]")
+
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", help="A model of the registry (`hapnet models` lists them).")
+]
 
 
 @user_errors
@@ -92,44 +104,66 @@ def train(
             help="MIMIC-III/IV folder, long CSV, or `hapnet synth` folder. Default: built-in synthetic data."
         ),
     ] = None,
-    ontology: Annotated[str, typer.Option(help="Built-in ontology name or ontology file.")] = "icd9-ccs",
-    model: ModelOpt = "hap",
+    ontology: Annotated[
+        str, typer.Option(help="Built-in ontology name or ontology file.")
+    ] = DEFAULTS.ontology,
+    model: ModelOpt = DEFAULTS.model,
     levels: Annotated[int | None, typer.Option(help="Use only the lowest K levels of the ontology.")] = None,
     ontology_scope: Annotated[
         str | None,
         typer.Option(
             "--ontology-scope",
-            help="observed: the codes seen in the data and their ancestors (the papers', default); "
-            "full: every node of the ontology.",
+            help=preset_help(
+                "ontology_scope",
+                "observed: the codes seen in the data and their ancestors (the papers'); "
+                "full: every node of the ontology.",
+            ),
         ),
     ] = None,
     pretrain: Annotated[
         str, typer.Option(help="glove or none (glove + rnn/rollup = the paper's RNN+/Rollup+).")
-    ] = "none",
+    ] = DEFAULTS.pretrain,
     preset: Annotated[
-        str | None, typer.Option(help="`paper`: the paper's exact settings; `default`: the defaults below.")
+        str | None, typer.Option(help=f"One of {', '.join(PRESETS)}: `paper` = the paper's exact settings.")
     ] = None,
-    epochs: Annotated[int | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
-    dim: Annotated[int | None, typer.Option(help="Code embedding size d.")] = None,
-    hidden: Annotated[int | None, typer.Option(help="GRU hidden size.")] = None,
-    attention_dim: Annotated[int | None, typer.Option("--attention-dim")] = None,
-    dropout: Annotated[float | None, typer.Option()] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="adam, adamw or adadelta.")] = None,
-    loss: Annotated[str | None, typer.Option(help="softmax, paper or bce.")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    epochs: Annotated[int | None, typer.Option(help=preset_help("epochs", "Training epochs."))] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help=preset_help("batch_size", "Patients per step."))
+    ] = None,
+    dim: Annotated[int | None, typer.Option(help=preset_help("dim", "Code embedding size d."))] = None,
+    hidden: Annotated[int | None, typer.Option(help=preset_help("hidden", "GRU hidden size."))] = None,
+    attention_dim: Annotated[
+        int | None, typer.Option("--attention-dim", help=preset_help("attention_dim", "Attention size a."))
+    ] = None,
+    dropout: Annotated[
+        float | None, typer.Option(help=preset_help("dropout", "Dropout on GRU states."))
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help=preset_help("lr", "Learning rate."))] = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help=preset_help("optimizer", f"One of {', '.join(OPTIMIZERS)}."))
+    ] = None,
+    loss: Annotated[
+        str | None, typer.Option(help=preset_help("loss", f"One of {', '.join(LOSSES)}."))
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (split, weights, batches).")] = DEFAULTS.seed,
     seeds: Annotated[
         str | None, typer.Option(help="Several seeds, e.g. 0-4: one run each + mean ± std table.")
     ] = None,
-    k: Annotated[int, typer.Option("--k", help="k of accuracy@k.")] = 20,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    k: Annotated[int, typer.Option("--k", help="k of accuracy@k.")] = DEFAULTS.k,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = DEFAULTS.device,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the training step (CPU or CUDA; falls back to eager with a warning).",
+        ),
+    ] = DEFAULTS.compile,
     threads: Annotated[
         int | None, typer.Option(help="torch CPU threads (default: torch's, one per core).")
     ] = None,
     unknown: Annotated[
-        str, typer.Option(help="Codes not in the ontology: ancestor, drop or error.")
-    ] = "ancestor",
+        str, typer.Option(help=f"Codes not in the ontology: {', '.join(UNKNOWN_POLICIES)}.")
+    ] = DEFAULTS.unknown,
     columns: Annotated[
         str | None, typer.Option(help="Long CSV column names: patient=…,visit=…,time=…,code=…")
     ] = None,
@@ -149,11 +183,12 @@ def train(
     ] = None,
 ) -> None:
     """Train a next-visit diagnosis model (HAP, GRAM, RNN, Rollup) and evaluate it as the paper does."""
-    from hapnet.config import make_config
-    from hapnet.seeds import parse_seeds, train_seeds
-    from hapnet.threads import torch_threads
-    from hapnet.trainer import train as train_model
-    from hapnet.visits import parse_columns
+    # torch loads here, when the command runs, not at start-up of every `hapnet` command
+    from hapnet.data.long_csv import parse_columns
+    from hapnet.training.config import make_config
+    from hapnet.training.seeds import parse_seeds, train_seeds
+    from hapnet.training.trainer import train as train_model
+    from hapnet.utils.threads import torch_threads
 
     with torch_threads(threads):
         if resume is not None:
@@ -181,6 +216,7 @@ def train(
             seed=seed,
             k=k,
             device=device,
+            compile=compile,
             unknown=unknown,
             columns=parse_columns(columns),
             synth_patients=synth_patients,
@@ -193,14 +229,6 @@ def train(
             console.print(f"runs and summary.md / summary.json in [bold]{result.out}[/]")
             return
         show_result(train_model(config, out=out, force=force, callbacks=RichCallbacks()))
-
-
-def run_name(config: Any) -> str:
-    return (
-        config.model
-        + (f"-lv{config.levels}" if config.levels else "")
-        + ("-glove" if config.pretrain == "glove" else "")
-    )
 
 
 def show_result(result: Any) -> None:
@@ -224,7 +252,7 @@ def evaluate(
     """Evaluate a saved run: its test split, or all patients of other data."""
     import json
 
-    from hapnet.evaluation import evaluate as evaluate_run
+    from hapnet.training.evaluation import evaluate as evaluate_run  # torch: when the command runs
 
     result = evaluate_run(run_dir, data=data, k=k, device=device)
     if as_json:

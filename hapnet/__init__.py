@@ -1,8 +1,10 @@
 """hapnet: Hierarchical Attention Propagation embeddings of medical ontologies, and
 next-visit diagnosis prediction with a visit-level GRU.
 
-Everything the `hapnet` command does is a library call here. Heavy modules (torch) load on
-first use, so ontology-only work stays fast.
+Everything the `hapnet` command does is a library call here. The package follows the pipeline:
+`hapnet.ontology` -> `hapnet.data` -> `hapnet.models` -> `hapnet.training` -> `hapnet.inspect`,
+`hapnet.embeddings`, `hapnet.perf` (docs/DESIGN.md). Modules that need torch load on first use
+of a name below, so ontology-only work stays fast.
 """
 
 from __future__ import annotations
@@ -11,36 +13,41 @@ import importlib
 from typing import Any
 
 from hapnet.errors import HapnetError, InputError
-from hapnet.ontology import Ontology
-from hapnet.ontology_io import BUILTINS, load_ontology
+from hapnet.ontology.builtins import BUILTINS, load_ontology
+from hapnet.ontology.graph import Ontology
 
 __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first access (PEP 562).
 _LAZY = {
-    "Hierarchy": "hapnet.hierarchy",
-    "train": "hapnet.trainer",
-    "TrainConfig": "hapnet.config",
-    "make_config": "hapnet.config",
-    "train_seeds": "hapnet.seeds",
-    "load": "hapnet.runs",
-    "evaluate": "hapnet.evaluation",
-    "load_visits": "hapnet.visits",
-    "VisitData": "hapnet.visits",
-    "MODELS": "hapnet.models",
-    "write_synth": "hapnet.synth",
-    "predict_next_visit": "hapnet.predict",
-    "explain_code": "hapnet.explain",
-    "plot_runs": "hapnet.plots",
-    "embed": "hapnet.embedding",
-    "neighbors": "hapnet.embedding",
-    "EmbedConfig": "hapnet.embedding",
-    "read_embeddings": "hapnet.embedding_io",
-    "write_embeddings": "hapnet.embedding_io",
-    "bench": "hapnet.benchmark",
-    "torch_threads": "hapnet.threads",
-    "reproduce": "hapnet.reproduction",
-    "PAPER_CONFIGS": "hapnet.reproduction",
+    "Hierarchy": "hapnet.ontology.hierarchy",
+    "load_visits": "hapnet.data.loaders",
+    "visits_from_frame": "hapnet.data.loaders",
+    "visits_from_lists": "hapnet.data.loaders",
+    "VisitData": "hapnet.data.visits",
+    "write_synth": "hapnet.data.synth",
+    "MODELS": "hapnet.models.registry",
+    "register_model": "hapnet.models.registry",
+    "train": "hapnet.training.trainer",
+    "resume": "hapnet.training.trainer",
+    "TrainConfig": "hapnet.training.config",
+    "make_config": "hapnet.training.config",
+    "train_seeds": "hapnet.training.seeds",
+    "load": "hapnet.training.runs",
+    "Run": "hapnet.training.runs",
+    "evaluate": "hapnet.training.evaluation",
+    "reproduce": "hapnet.training.reproduction",
+    "PAPER_CONFIGS": "hapnet.training.reproduction",
+    "predict_next_visit": "hapnet.inspect.predict",
+    "explain_code": "hapnet.inspect.explain",
+    "plot_runs": "hapnet.inspect.plots",
+    "embed": "hapnet.embeddings.structure",
+    "EmbedConfig": "hapnet.embeddings.structure",
+    "neighbors": "hapnet.embeddings.neighbors",
+    "read_embeddings": "hapnet.embeddings.formats",
+    "write_embeddings": "hapnet.embeddings.formats",
+    "bench": "hapnet.perf.bench",
+    "torch_threads": "hapnet.utils.threads",
 }
 
 
@@ -48,6 +55,10 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'hapnet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 __all__ = ["BUILTINS", "HapnetError", "InputError", "Ontology", "load_ontology", *_LAZY]

@@ -1,4 +1,4 @@
-"""The naive reference port (hapnet.naive) against our models in float64, and `hapnet bench`."""
+"""The naive reference port (hapnet.perf.naive) against our models in float64, and `hapnet bench`."""
 
 from __future__ import annotations
 
@@ -12,10 +12,18 @@ from typer.testing import CliRunner
 
 import hapnet
 from hapnet.cli.main import app
-from hapnet.flops import attention_step_flops, propagation_flops
-from hapnet.hierarchy import Step
-from hapnet.models import EmbedderConfig, GRAMEmbedder, HAPEmbedder
-from hapnet.naive import (
+from hapnet.data.batches import BatchBuilder
+from hapnet.data.loaders import visits_from_lists
+from hapnet.data.vocabulary import Vocabulary
+from hapnet.models.embedder import EmbedderConfig
+from hapnet.models.gram import GRAMEmbedder
+from hapnet.models.hap import HAPEmbedder
+from hapnet.models.losses import next_visit_loss
+from hapnet.models.predictor import DIAGNOSIS, NextVisitModel
+from hapnet.ontology.graph import Ontology
+from hapnet.ontology.hierarchy import Hierarchy, Step
+from hapnet.perf.flops import attention_step_flops, propagation_flops
+from hapnet.perf.naive import (
     NaiveGRAM,
     NaiveHAP,
     NaiveNextVisitModel,
@@ -23,10 +31,6 @@ from hapnet.naive import (
     pad_matrix,
     padded_candidates,
 )
-from hapnet.ontology import Ontology
-from hapnet.predictor import DIAGNOSIS, BatchBuilder, NextVisitModel, next_visit_loss
-from hapnet.trainer import Vocabulary
-from hapnet.visits import visits_from_lists
 
 CCS_SMALL = Path(__file__).parent / "data" / "ontology" / "ccs_small.csv"
 SMALL = EmbedderConfig(dim=6, attention_dim=4, init_std=1.0)
@@ -59,7 +63,7 @@ def test_padded_candidates_by_hand() -> None:
 @pytest.mark.parametrize(("ours_class", "naive_class"), [(HAPEmbedder, NaiveHAP), (GRAMEmbedder, NaiveGRAM)])
 def test_naive_embeddings_and_gradients_equal_ours(levels, ours_class, naive_class) -> None:  # noqa: ANN001
     onto = small_dag()
-    hierarchy = onto.truncate(levels).compile()
+    hierarchy = Hierarchy.from_ontology(onto.truncate(levels))
     vocab = np.array([onto.index(c) for c in ["X9", "A11", "D4", "F6", "E5", "B1"]])
     torch.manual_seed(0)
     ours = ours_class(hierarchy, vocab, SMALL).double()
@@ -84,7 +88,7 @@ def test_naive_model_gives_our_logits_loss_and_gradients(name: str) -> None:
     ]
     data = visits_from_lists(patients, onto)
     vocab = Vocabulary.from_nodes(np.unique(data.codes), len(onto))
-    hierarchy = onto.compile()
+    hierarchy = Hierarchy.from_ontology(onto)
     embedders = {"hap": (HAPEmbedder, NaiveHAP), "gram": (GRAMEmbedder, NaiveGRAM)}[name]
     torch.manual_seed(1)
     ours = NextVisitModel(embedders[0](hierarchy, vocab.nodes, SMALL), len(vocab), 6, 5, 0.4).double().eval()
@@ -148,7 +152,7 @@ def test_bench_cli_table_json_and_bad_model() -> None:
 
 def test_hap_flops_count_only_what_the_outputs_need() -> None:
     onto = small_dag()
-    hierarchy = onto.compile()
+    hierarchy = Hierarchy.from_ontology(onto)
     every = np.arange(len(onto))
     full = sum(attention_step_flops(s, 6, 4, True) for s in hierarchy.bottom_up + hierarchy.top_down)
     assert propagation_flops("hap", hierarchy, every, 6, 4) == full

@@ -1,4 +1,4 @@
-"""Code normalisation and ICD prefix truncation (hapnet.codes)."""
+"""Code normalisation and ICD prefix truncation (hapnet.ontology.codes)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hapnet.codes import icd_prefixes, normalize_code, split_system
+from hapnet.ontology.codes import icd_prefixes, normalize_code, split_system
 
 
 @pytest.mark.parametrize(

@@ -14,11 +14,13 @@ from typer.testing import CliRunner
 
 import hapnet
 from hapnet.cli.main import app
-from hapnet.embedding import EmbedResult, embed, neighbors, reconstruction, relations
-from hapnet.embedding_io import FORMATS, EmbeddingTable, read_embeddings, write_embeddings
+from hapnet.data.synth import write_synth
+from hapnet.embeddings.formats import FORMATS, EmbeddingTable, read_embeddings, write_embeddings
+from hapnet.embeddings.neighbors import neighbors
+from hapnet.embeddings.reconstruction import reconstruction, relations
+from hapnet.embeddings.structure import EmbedResult, embed
 from hapnet.errors import HapnetError, InputError
-from hapnet.ontology import Ontology
-from hapnet.synth import write_synth
+from hapnet.ontology.graph import Ontology
 
 runner = CliRunner()
 FAST = ["--dim", "16", "--epochs", "10", "--device", "cpu"]
@@ -100,7 +102,7 @@ def test_ties_count_for_the_neighbour():
 
 
 def test_sort_key_orders_floats():
-    from hapnet.embedding import _descending_bits
+    from hapnet.embeddings.reconstruction import _descending_bits
 
     values = torch.tensor([0.5, -0.25, 3.0, -7.5, 1e-30, -1e-30, 0.0, 2.5e30, -2.5e30])
     order = torch.argsort(_descending_bits(values))

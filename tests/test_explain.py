@@ -12,8 +12,8 @@ import torch
 from test_predict import build_tiny_run, hapnet
 
 from hapnet.errors import HapnetError
-from hapnet.explain import code_weights, explain_code, relations
-from hapnet.runs import load
+from hapnet.inspect.explain import code_weights, explain_code, relations
+from hapnet.training.runs import load
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Property tests of the loaders: any file ends in a correct result or a `HapnetError`, nothing else.
 
-Ontology files (`hapnet.load_ontology`) and long-CSV visit files (`hapnet.visits.load_visits`) are
+Ontology files (`hapnet.load_ontology`) and long-CSV visit files (`hapnet.load_visits`) are
 generated as raw bytes and as near-valid text with BOMs, CRLF, quotes, blank lines, cycles and
 self-loops. Bounded: a few dozen examples each, no deadline (the machine is shared);
 `HAPNET_FUZZ_EXAMPLES=2000 pytest tests/test_fuzz_loaders.py` hunts longer.
@@ -22,9 +22,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import hapnet
+from hapnet.data.loaders import load_visits
+from hapnet.data.visits import VisitData
 from hapnet.errors import HapnetError
-from hapnet.ontology import Ontology
-from hapnet.visits import VisitData, load_visits
+from hapnet.ontology.graph import Ontology
 
 FUZZ = settings(
     max_examples=int(os.environ.get("HAPNET_FUZZ_EXAMPLES", "40")),  # more for a longer hunt
@@ -117,7 +118,10 @@ def test_ontology_from_code_parent_csv(edges, header, quoting, bom, crlf, blank_
     for code, parent, description in edges:  # every edge of an accepted file is in the ontology
         if not any(cell.strip() for cell in [code, parent, description][: len(header)]):
             continue  # a blank row is skipped
-        code, parent = hapnet.codes.normalize_code(code), hapnet.codes.normalize_code(parent)
+        code, parent = (
+            hapnet.ontology.codes.normalize_code(code),
+            hapnet.ontology.codes.normalize_code(parent),
+        )
         assert code in ids
         assert not parent or parent in ids
 

@@ -28,9 +28,10 @@ from hypothesis.errors import InvalidArgument
 from typer.testing import CliRunner
 
 from hapnet.cli.main import app
+from hapnet.data.loaders import load_visits
+from hapnet.data.visits import VisitData
 from hapnet.errors import HapnetError, InputError
-from hapnet.ontology import Ontology
-from hapnet.visits import VisitData, load_visits
+from hapnet.ontology.graph import Ontology
 
 FUZZ = settings(
     max_examples=int(os.environ.get("HAPNET_FUZZ_EXAMPLES", "40")),  # more for a longer hunt

@@ -1,16 +1,15 @@
-"""GloVe pretraining (hapnet.glove): co-occurrence by hand and against a loop, training behaviour."""
+"""GloVe pretraining (hapnet.models.glove): co-occurrence by hand and against a loop, training behaviour."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
 from hapnet.errors import HapnetError
-from hapnet.glove import cooccurrence, glove_weight, train_glove
-from hapnet.hierarchy import ancestor_sets
-from hapnet.ontology import Ontology
+from hapnet.models.glove import Cooccurrence, cooccurrence, glove_weight, train_glove
+from hapnet.ontology.graph import Ontology
+from hapnet.ontology.hierarchy import ancestor_sets
 
 
 def tiny() -> Ontology:
@@ -23,7 +22,7 @@ def visits(onto: Ontology, lists: list[list[str]]) -> tuple[np.ndarray, np.ndarr
     return offsets, codes
 
 
-def as_pairs(onto: Ontology, matrix: sp.coo_matrix) -> dict[tuple[str, str], float]:
+def as_pairs(onto: Ontology, matrix: Cooccurrence) -> dict[tuple[str, str], float]:
     dense = matrix.toarray()
     assert np.array_equal(dense, dense.T) and np.all(np.diag(dense) == 0)
     return {(onto.ids[i], onto.ids[j]): dense[i, j] for i, j in zip(*np.nonzero(dense), strict=True) if i < j}
@@ -71,7 +70,9 @@ def test_cooccurrence_equals_a_loop(with_ancestors: bool, chunk_pairs: int) -> N
         for a in nodes:
             for b in nodes - {a}:
                 expected[a, b] += 1
-    assert isinstance(result, sp.coo_matrix)
+    assert isinstance(result, Cooccurrence)
+    keys = result.rows * n + result.cols  # each (row, column) once, sorted: as training reads it
+    assert np.all(np.diff(keys) > 0)
     assert np.array_equal(result.toarray(), expected)
 
 
@@ -124,13 +125,13 @@ def test_glove_weighting() -> None:
     assert torch.allclose(glove_weight(x), torch.tensor([0.5**0.75, 1.0, 1.0]))
 
 
-def random_cooccurrence(seed: int, n: int = 30, isolated: int = 29) -> sp.coo_matrix:
+def random_cooccurrence(seed: int, n: int = 30, isolated: int = 29) -> Cooccurrence:
     rng = np.random.default_rng(seed)
     dense = rng.integers(0, 200, size=(n, n)) * (rng.random((n, n)) < 0.3)
     dense = np.triu(dense, 1)
     dense = dense + dense.T
     dense[isolated, :] = dense[:, isolated] = 0
-    return sp.coo_matrix(dense.astype(float))
+    return Cooccurrence.from_dense(dense.astype(float))
 
 
 def test_glove_loss_decreases() -> None:
@@ -158,16 +159,16 @@ def test_glove_nodes_that_never_cooccur_keep_their_small_initialisation() -> Non
 
 
 def test_cached_glove_reuses_the_same_problem_only(tmp_path, monkeypatch):
-    from hapnet import glove, trainer
+    from hapnet.training import setup
 
     monkeypatch.setenv("HAPNET_CACHE_DIR", str(tmp_path))
     calls = []
-    real = glove.train_glove
-    monkeypatch.setattr(glove, "train_glove", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
-    first = trainer.cached_glove(random_cooccurrence(0), 8, 2, seed=1)
-    again = trainer.cached_glove(random_cooccurrence(0), 8, 2, seed=1)
+    real = setup.train_glove
+    monkeypatch.setattr(setup, "train_glove", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
+    first = setup.cached_glove(random_cooccurrence(0), 8, 2, seed=1)
+    again = setup.cached_glove(random_cooccurrence(0), 8, 2, seed=1)
     assert torch.equal(first, again) and calls == [1]  # the second came from the cache
     assert torch.equal(first, real(random_cooccurrence(0), 8, epochs=2, seed=1))
-    trainer.cached_glove(random_cooccurrence(0), 8, 2, seed=2)  # another seed
-    trainer.cached_glove(random_cooccurrence(1), 8, 2, seed=1)  # other counts
+    setup.cached_glove(random_cooccurrence(0), 8, 2, seed=2)  # another seed
+    setup.cached_glove(random_cooccurrence(1), 8, 2, seed=1)  # other counts
     assert calls == [1, 2, 1] and len(list((tmp_path / "glove").glob("*.npy"))) == 3

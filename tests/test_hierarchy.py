@@ -1,4 +1,4 @@
-"""The compiled per-level edge lists (hapnet.hierarchy) for HAP and GRAM."""
+"""The compiled per-level edge lists (hapnet.ontology.hierarchy) for HAP and GRAM."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hapnet.hierarchy import Hierarchy, Step, ancestor_sets
-from hapnet.ontology import ROOT, Ontology
+from hapnet.ontology.graph import ROOT, Ontology
+from hapnet.ontology.hierarchy import Hierarchy, Step, ancestor_sets
 
 # Levels: root 0 | A, E, X 1 | B, F, G 2 | C 3 | D 4.  C has parents A and B.
 DAG_EDGES = [("", "A"), ("A", "B"), ("B", "C"), ("A", "C"), ("C", "D"), ("", "E"), ("E", "F"), ("X", "G")]
@@ -31,7 +31,7 @@ def candidates(onto: Ontology, step: Step) -> dict[str, list[str]]:
 
 
 def test_full_hierarchy_steps_by_hand(dag: Ontology) -> None:
-    h = dag.compile()
+    h = Hierarchy.from_ontology(dag)
     assert isinstance(h, Hierarchy) and h.num_nodes == len(dag) == 9
     assert [s.level for s in h.bottom_up] == [3, 2, 1, 0]
     assert [s.level for s in h.top_down] == [1, 2, 3, 4]
@@ -60,13 +60,13 @@ def test_full_hierarchy_steps_by_hand(dag: Ontology) -> None:
     ],
 )
 def test_truncated_steps_cover_the_lowest_k_levels(dag: Ontology, k, bottom_up, top_down) -> None:
-    h = dag.truncate(k).compile()
+    h = Hierarchy.from_ontology(dag.truncate(k))
     assert [s.level for s in h.bottom_up] == bottom_up
     assert [s.level for s in h.top_down] == top_down
 
 
 def test_truncation_drops_candidates_from_below_the_cut(dag: Ontology) -> None:
-    h = dag.truncate(3).compile()  # cut at level 2: A -> C is gone, B -> C stays
+    h = Hierarchy.from_ontology(dag.truncate(3))  # cut at level 2: A -> C is gone, B -> C stays
     down = {s.level: candidates(dag, s) for s in h.top_down}
     assert down == {3: {"C": ["B", "C"]}, 4: {"D": ["C", "D"]}}
     assert sorted(dag.ids[n] for n in h.nodes_in_hierarchy()) == ["B", "C", "D"]
@@ -75,10 +75,10 @@ def test_truncation_drops_candidates_from_below_the_cut(dag: Ontology) -> None:
 def test_gram_ancestors_by_hand(dag: Ontology) -> None:
     ids = {n: dag.index(n) for n in ("C", "D", "F", "G")}
     targets = np.array([ids["D"], ids["F"]])
-    step = dag.compile().ancestor_step(targets)
+    step = Hierarchy.from_ontology(dag).ancestor_step(targets)
     assert step.targets.tolist() == targets.tolist()
     assert candidates(dag, step) == {"D": sorted(["D", "C", "B", "A", ROOT]), "F": sorted(["F", "E", ROOT])}
-    cut = dag.truncate(2).compile().ancestor_step(targets)  # levels 3..4 only
+    cut = Hierarchy.from_ontology(dag.truncate(2)).ancestor_step(targets)  # levels 3..4 only
     assert candidates(dag, cut) == {"D": ["C", "D"], "F": ["F"]}  # F has no ancestor in range
     assert ancestor_sets(dag.truncate(3))[ids["D"]] == {ids["C"], dag.index("B")}
 
@@ -108,7 +108,7 @@ def test_steps_equal_a_naive_per_node_loop(pair: tuple[Ontology, Ontology]) -> N
     full, onto = pair
     cut, depth = onto.cut_level, onto.depth
     everything = list(zip(full.edge_parent.tolist(), full.edge_child.tolist(), strict=True))
-    kept = [(p, c) for p, c in everything if full.levels[p] >= cut]  # algorithms.md: levels >= L-K+1
+    kept = [(p, c) for p, c in everything if full.levels[p] >= cut]  # docs/algorithms.md: levels >= L-K+1
     naive_up, naive_down = {}, {}
     for node in range(len(onto)):
         level = int(onto.levels[node])
@@ -118,7 +118,7 @@ def test_steps_equal_a_naive_per_node_loop(pair: tuple[Ontology, Ontology]) -> N
             naive_up.setdefault(level, {})[node] = sorted([node, *kids])
         if ups:
             naive_down.setdefault(level, {})[node] = sorted([node, *ups])
-    h = onto.compile()
+    h = Hierarchy.from_ontology(onto)
     got_up = {s.level: per_target(s) for s in h.bottom_up}
     got_down = {s.level: per_target(s) for s in h.top_down}
     assert got_up == naive_up and got_down == naive_down

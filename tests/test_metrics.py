@@ -3,8 +3,8 @@ import math
 import numpy as np
 import torch
 
-from hapnet.metrics import AccuracyAtK, frequency_groups
-from hapnet.seeds import markdown_table, mean_std, parse_seeds, summarize
+from hapnet.training.metrics import AccuracyAtK, frequency_groups
+from hapnet.training.seeds import markdown_table, mean_std, parse_seeds, summarize
 
 
 def test_frequency_groups_cut_running_sum_into_quarters():

@@ -1,4 +1,4 @@
-"""Code embedders (hapnet.models): HAP and GRAM against literal loops over algorithms.md, the
+"""Code embedders (hapnet.models): HAP and GRAM against literal loops over docs/algorithms.md, the
 baselines by hand, explanations, the registry."""
 
 from __future__ import annotations
@@ -9,22 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+from hapnet.data.batches import BatchBuilder
 from hapnet.errors import HapnetError
-from hapnet.hierarchy import ancestor_sets
-from hapnet.models import (
-    MODELS,
-    EmbedderConfig,
-    GRAMEmbedder,
-    HAPEmbedder,
-    ModelSpec,
-    PlainEmbedder,
-    RollupEmbedder,
-    build_embedder,
-    get_model,
-    register_model,
-)
-from hapnet.ontology import Ontology
-from hapnet.predictor import DIAGNOSIS, BatchBuilder, NextVisitModel, next_visit_loss
+from hapnet.models.embedder import EmbedderConfig
+from hapnet.models.gram import GRAMEmbedder
+from hapnet.models.hap import HAPEmbedder
+from hapnet.models.losses import next_visit_loss
+from hapnet.models.plain import PlainEmbedder, RollupEmbedder
+from hapnet.models.predictor import DIAGNOSIS, NextVisitModel
+from hapnet.models.registry import MODELS, ModelSpec, build_embedder, get_model, register_model
+from hapnet.ontology.graph import Ontology
+from hapnet.ontology.hierarchy import Hierarchy, ancestor_sets
 
 DTYPE = torch.float64
 SMALL = EmbedderConfig(dim=6, attention_dim=4, init_std=1.0)
@@ -74,7 +69,7 @@ def set_base(embedder: torch.nn.Module, onto: Ontology, rows: dict[str, list[flo
 
 # ----------------------------------------------------------------------------- naive references
 def naive_hap(onto: Ontology, levels: int | None, model: HAPEmbedder, vocab: np.ndarray) -> torch.Tensor:
-    """algorithms.md, literally: loops over nodes; bottom-up for parent levels L-1 .. L-K+1, then
+    """docs/algorithms.md, literally: loops over nodes; bottom-up for parent levels L-1 .. L-K+1, then
     top-down for child levels L-K+2 .. L; edges from parents below L-K+1 are not used."""
     e = model.base.weight
     depth = onto.depth
@@ -134,7 +129,9 @@ def assert_same_values_and_gradients(model: torch.nn.Module, out: torch.Tensor, 
 def test_hap_by_hand_with_uniform_attention() -> None:
     onto = five_nodes()
     model = double(
-        HAPEmbedder(onto.compile(), np.array([onto.index("a"), onto.index("b")]), EmbedderConfig(2, 3))
+        HAPEmbedder(
+            Hierarchy.from_ontology(onto), np.array([onto.index("a"), onto.index("b")]), EmbedderConfig(2, 3)
+        )
     )
     uniform_attention(model)
     set_base(model, onto, {"<ROOT>": [6, 0], "A": [2, 4], "B": [0, 2], "a": [4, 0], "b": [2, 2]})
@@ -161,7 +158,7 @@ def test_hap_equals_naive_loop_values_and_gradients(seed: int, levels: int | Non
     onto = random_dag(seed)
     vocab = np.random.default_rng(seed).choice(np.arange(1, len(onto)), size=12, replace=False)
     torch.manual_seed(seed)
-    model = double(HAPEmbedder(onto.truncate(levels).compile(), vocab, SMALL))
+    model = double(HAPEmbedder(Hierarchy.from_ontology(onto.truncate(levels)), vocab, SMALL))
     assert_same_values_and_gradients(model, model(), naive_hap(onto, levels, model, vocab))
     with torch.no_grad():
         every = model.all_node_embeddings()
@@ -171,7 +168,7 @@ def test_hap_equals_naive_loop_values_and_gradients(seed: int, levels: int | Non
 def test_hap_with_one_level_is_the_plain_embedding() -> None:
     onto = random_dag(1)
     vocab = np.arange(3, 20)
-    model = double(HAPEmbedder(onto.truncate(1).compile(), vocab, SMALL))
+    model = double(HAPEmbedder(Hierarchy.from_ontology(onto.truncate(1)), vocab, SMALL))
     assert not model.plan.steps
     assert torch.equal(model(), model.base.weight[vocab])
 
@@ -179,7 +176,7 @@ def test_hap_with_one_level_is_the_plain_embedding() -> None:
 def test_hap_vocab_order_and_repeats_are_kept() -> None:
     onto = random_dag(2)
     torch.manual_seed(0)
-    model = double(HAPEmbedder(onto.compile(), np.array([9, 3, 9, 27, 0]), SMALL))
+    model = double(HAPEmbedder(Hierarchy.from_ontology(onto), np.array([9, 3, 9, 27, 0]), SMALL))
     every = model.all_node_embeddings()
     assert torch.allclose(model(), every[[9, 3, 9, 27, 0]])
 
@@ -187,7 +184,7 @@ def test_hap_vocab_order_and_repeats_are_kept() -> None:
 def test_hap_top_down_only_runs_over_the_outputs_and_their_ancestors() -> None:
     onto = random_dag(0)
     leaf = int(np.flatnonzero(onto.is_leaf)[-1])
-    model = HAPEmbedder(onto.compile(), np.array([leaf]), SMALL)
+    model = HAPEmbedder(Hierarchy.from_ontology(onto), np.array([leaf]), SMALL)
     top_down = np.concatenate([s.targets for s in model.plan.steps if s.scorer == "down"])
     assert set(top_down.tolist()) <= {leaf, *onto.ancestors(leaf)} and leaf in top_down
     bottom_up = np.concatenate([s.targets for s in model.plan.steps if s.scorer == "up"])
@@ -198,7 +195,7 @@ def test_hap_gradient_reaches_every_node() -> None:
     """Every node sees every other node: all base rows get a gradient from one code."""
     onto = random_dag(0)
     leaf = int(np.flatnonzero(onto.is_leaf)[-1])
-    model = double(HAPEmbedder(onto.compile(), np.array([leaf]), SMALL))
+    model = double(HAPEmbedder(Hierarchy.from_ontology(onto), np.array([leaf]), SMALL))
     model().sum().backward()
     assert (model.base.weight.grad.abs().sum(1) > 0).all()
 
@@ -214,7 +211,7 @@ def test_embed_some_codes_equals_those_rows_of_all(name: str, seed: int, levels:
     rng = np.random.default_rng(seed)
     vocab = rng.choice(np.arange(1, len(onto)), size=20, replace=False)
     torch.manual_seed(seed)
-    model = double(get_model(name).embedder(onto.truncate(levels).compile(), vocab, SMALL))
+    model = double(get_model(name).embedder(Hierarchy.from_ontology(onto.truncate(levels)), vocab, SMALL))
     for size in (7, 1, 20):
         classes = rng.choice(len(vocab), size=size, replace=False)
         assert_same_values_and_gradients(model, model.embed(classes), model()[classes])
@@ -235,7 +232,7 @@ def test_training_step_embeds_the_batch_codes_with_the_same_loss_and_gradients(n
     batch = BatchBuilder(data, np.arange(len(vocab))).build(np.array([0, 1, 2]))
     assert len(batch.input_classes) < len(vocab)
     torch.manual_seed(0)
-    embedder = get_model(name).embedder(onto.compile(), vocab, SMALL)
+    embedder = get_model(name).embedder(Hierarchy.from_ontology(onto), vocab, SMALL)
     model = double(NextVisitModel(embedder, len(vocab), SMALL.dim, 5, dropout=0.0))
     losses, grads = [], []
     for every_code in (False, True):
@@ -251,7 +248,7 @@ def test_training_step_embeds_the_batch_codes_with_the_same_loss_and_gradients(n
 def test_hap_embed_runs_the_leaf_steps_for_the_wanted_codes_only() -> None:
     onto = five_nodes()
     vocab = np.array([onto.index("a"), onto.index("b")])
-    model = double(HAPEmbedder(onto.compile(), vocab, EmbedderConfig(2, 3)))
+    model = double(HAPEmbedder(Hierarchy.from_ontology(onto), vocab, EmbedderConfig(2, 3)))
     uniform_attention(model)
     set_base(model, onto, {"<ROOT>": [6, 0], "A": [2, 4], "B": [0, 2], "a": [4, 0], "b": [2, 2]})
     plan = model.plan
@@ -269,7 +266,7 @@ def test_gram_equals_naive_loop_values_and_gradients(seed: int, levels: int | No
     onto = random_dag(seed).truncate(levels)
     vocab = np.random.default_rng(seed).choice(np.arange(1, len(onto)), size=10, replace=False)
     torch.manual_seed(seed)
-    model = double(GRAMEmbedder(onto.compile(), vocab, SMALL))
+    model = double(GRAMEmbedder(Hierarchy.from_ontology(onto), vocab, SMALL))
     assert_same_values_and_gradients(model, model(), naive_gram(onto, model, vocab))
     with torch.no_grad():
         assert torch.allclose(model.all_node_embeddings(), naive_gram(onto, model, np.arange(len(onto))))
@@ -278,7 +275,9 @@ def test_gram_equals_naive_loop_values_and_gradients(seed: int, levels: int | No
 def test_gram_by_hand_with_uniform_attention() -> None:
     onto = five_nodes()
     model = double(
-        GRAMEmbedder(onto.compile(), np.array([onto.index("a"), onto.index("b")]), EmbedderConfig(2, 3))
+        GRAMEmbedder(
+            Hierarchy.from_ontology(onto), np.array([onto.index("a"), onto.index("b")]), EmbedderConfig(2, 3)
+        )
     )
     uniform_attention(model)
     set_base(model, onto, {"<ROOT>": [6, 0], "A": [2, 4], "B": [0, 2], "a": [4, 0], "b": [2, 2]})
@@ -289,8 +288,8 @@ def test_gram_by_hand_with_uniform_attention() -> None:
 def test_gram_with_one_level_equals_plain() -> None:
     onto = random_dag(3)
     vocab = np.arange(2, 25)
-    gram = double(GRAMEmbedder(onto.truncate(1).compile(), vocab, SMALL))
-    plain = double(PlainEmbedder(onto.compile(), vocab, SMALL))
+    gram = double(GRAMEmbedder(Hierarchy.from_ontology(onto.truncate(1)), vocab, SMALL))
+    plain = double(PlainEmbedder(Hierarchy.from_ontology(onto), vocab, SMALL))
     plain.init_base(gram.base.weight.detach())
     assert torch.allclose(gram(), plain())
 
@@ -298,7 +297,7 @@ def test_gram_with_one_level_equals_plain() -> None:
 # ----------------------------------------------------------------------------- baselines
 def test_plain_is_the_base_embedding() -> None:
     onto = five_nodes()
-    model = PlainEmbedder(onto.compile(), np.array([4, 3]), SMALL)
+    model = PlainEmbedder(Hierarchy.from_ontology(onto), np.array([4, 3]), SMALL)
     assert torch.equal(model(), model.base.weight[[4, 3]])
 
 
@@ -308,13 +307,13 @@ def test_rollup_parent_mean_of_parents_or_itself() -> None:
         "roll", [("", "A"), ("A", "B"), ("A", "C"), ("B", "D"), ("C", "D"), ("C", "E")]
     )
     ids = [onto.index(x) for x in ("E", "D", "A")]
-    model = double(RollupEmbedder(onto.compile(), np.array(ids), SMALL))
+    model = double(RollupEmbedder(Hierarchy.from_ontology(onto), np.array(ids), SMALL))
     e = model.base.weight
     b, c = onto.index("B"), onto.index("C")
     assert torch.allclose(model()[0], e[c])  # one parent: its embedding
     assert torch.allclose(model()[1], (e[b] + e[c]) / 2)  # two parents: their mean
     assert torch.allclose(model()[2], e[0])  # A's parent is the root
-    truncated = double(RollupEmbedder(onto.truncate(1).compile(), np.array(ids), SMALL))
+    truncated = double(RollupEmbedder(Hierarchy.from_ontology(onto.truncate(1)), np.array(ids), SMALL))
     truncated.init_base(e.detach())
     assert torch.allclose(truncated(), e[ids])  # no parent in range: its own embedding
     every = model.all_node_embeddings()
@@ -327,7 +326,11 @@ def test_rollup_parent_mean_of_parents_or_itself() -> None:
 def test_explanation_weights_reproduce_the_final_embeddings(name: str, levels: int | None) -> None:
     onto = random_dag(1)
     torch.manual_seed(0)
-    model = double(get_model(name).embedder(onto.truncate(levels).compile(), np.arange(1, len(onto)), SMALL))
+    model = double(
+        get_model(name).embedder(
+            Hierarchy.from_ontology(onto.truncate(levels)), np.arange(1, len(onto)), SMALL
+        )
+    )
     nodes = np.arange(len(onto))
     weights = model.explain(nodes)
     assert weights.shape == (len(onto), len(onto))
@@ -340,7 +343,7 @@ def test_explanation_weights_reproduce_the_final_embeddings(name: str, levels: i
 def test_hap_explanation_in_chunks_and_attention_table() -> None:
     onto = random_dag(2)
     torch.manual_seed(0)
-    model = double(HAPEmbedder(onto.compile(), np.arange(1, len(onto)), SMALL))
+    model = double(HAPEmbedder(Hierarchy.from_ontology(onto), np.arange(1, len(onto)), SMALL))
     assert torch.allclose(model.explain(np.arange(len(onto)), chunk=4), model.explain(np.arange(len(onto))))
     steps = model.attention()
     assert steps[0]["pass"] == "bottom-up" and steps[-1]["pass"] == "top-down"
@@ -353,7 +356,9 @@ def test_hap_explanation_in_chunks_and_attention_table() -> None:
 def test_bf16_autocast_runs_and_stays_close(name: str) -> None:
     onto = random_dag(2)
     torch.manual_seed(0)
-    model = get_model(name).embedder(onto.compile(), np.arange(1, len(onto)), EmbedderConfig(16, 8))
+    model = get_model(name).embedder(
+        Hierarchy.from_ontology(onto), np.arange(1, len(onto)), EmbedderConfig(16, 8)
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = model()
     low.float().sum().backward()
@@ -369,7 +374,9 @@ def test_registry_models_build_and_train_one_step() -> None:
     assert {"hap", "gram", "rnn", "rollup"} <= set(MODELS)
     for name, spec in MODELS.items():
         assert spec.name == name and spec.glove_scope in ("ancestors", "parents", "codes")
-        model = build_embedder(name, onto.compile(), vocab, EmbedderConfig(dim=8, attention_dim=4))
+        model = build_embedder(
+            name, Hierarchy.from_ontology(onto), vocab, EmbedderConfig(dim=8, attention_dim=4)
+        )
         g = model()
         assert g.shape == (len(vocab), 8)
         g.pow(2).sum().backward()
@@ -385,7 +392,7 @@ def test_get_model_names_the_valid_models() -> None:
 
 
 def test_register_a_new_model() -> None:
-    spec = ModelSpec("plain-test", PlainEmbedder, "a test copy of rnn", False, "codes")
+    spec = ModelSpec("plain-test", "Plain test", PlainEmbedder, "a test copy of rnn", False, "codes")
     try:
         register_model(spec)
         assert get_model("plain-test") is spec
@@ -395,16 +402,16 @@ def test_register_a_new_model() -> None:
 
 def test_init_base_and_bad_inputs() -> None:
     onto = five_nodes()
-    model = HAPEmbedder(onto.compile(), np.array([3, 4]), EmbedderConfig(4, 2))
+    model = HAPEmbedder(Hierarchy.from_ontology(onto), np.array([3, 4]), EmbedderConfig(4, 2))
     vectors = torch.arange(20, dtype=torch.float32).reshape(5, 4)
     model.init_base(vectors)
     assert torch.equal(model.base.weight.detach(), vectors)
     with pytest.raises(HapnetError, match="shape"):
         model.init_base(torch.zeros(5, 3))
     with pytest.raises(HapnetError, match="out of range"):
-        HAPEmbedder(onto.compile(), np.array([5]), EmbedderConfig(4, 2))
+        HAPEmbedder(Hierarchy.from_ontology(onto), np.array([5]), EmbedderConfig(4, 2))
     with pytest.raises(HapnetError, match="empty"):
-        GRAMEmbedder(onto.compile(), np.array([], dtype=np.int64), EmbedderConfig(4, 2))
+        GRAMEmbedder(Hierarchy.from_ontology(onto), np.array([], dtype=np.int64), EmbedderConfig(4, 2))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -413,7 +420,7 @@ def test_cuda_equals_cpu(name: str) -> None:
     onto = random_dag(3)
     vocab = np.arange(1, len(onto))
     torch.manual_seed(0)
-    model = double(get_model(name).embedder(onto.compile(), vocab, SMALL))
+    model = double(get_model(name).embedder(Hierarchy.from_ontology(onto), vocab, SMALL))
     weights = torch.randn(len(vocab), SMALL.dim, dtype=DTYPE)
     out = model()
     (out * weights).sum().backward()

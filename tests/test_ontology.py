@@ -13,14 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hapnet.errors import InputError
-from hapnet.ontology import EXACT, MAPPED, ROOT, UNKNOWN, Ontology
-from hapnet.ontology_io import (
-    cache_dir,
-    load_ontology,
-    parse_ontology_text,
-    read_cached_ontology,
-    save_ontology,
-)
+from hapnet.ontology.builtins import load_ontology, read_cached_ontology, save_ontology
+from hapnet.ontology.formats import parse_ontology_text
+from hapnet.ontology.graph import EXACT, MAPPED, ROOT, UNKNOWN, Ontology
+from hapnet.utils.cache import cache_dir
 
 DATA = Path(__file__).parent / "data" / "ontology"
 

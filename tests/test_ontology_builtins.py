@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hapnet.ontology import EXACT, MAPPED, ROOT, UNKNOWN, Ontology
-from hapnet.ontology_io import BUILTINS, load_ontology
+from hapnet.ontology.builtins import BUILTINS, load_ontology
+from hapnet.ontology.graph import EXACT, MAPPED, ROOT, UNKNOWN, Ontology
 
 
 @pytest.fixture(scope="module")

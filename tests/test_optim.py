@@ -1,121 +1,69 @@
-"""hapnet.optim: the sliced Adadelta update equals torch.optim.Adadelta bit for bit, the compiled
-one to float rounding (and falls back when it cannot compile); Adam uses torch's fused kernel."""
+"""`make_optimizer`: torch's own optimisers with the run's settings; Adadelta is the paper's (Theano's
+rho and eps), checked against its update written out by hand."""
 
 from __future__ import annotations
-
-import os
-import shutil
-import warnings
 
 import pytest
 import torch
 
-from hapnet import optim
-from hapnet.allocator import keep_freed_memory
+from hapnet.training.config import make_config
+from hapnet.training.optim import make_optimizer
 
 
-def _params(seed: int) -> list[torch.nn.Parameter]:
-    generator = torch.Generator().manual_seed(seed)
-    # One tensor spans several slices and ends mid-slice; a scalar and a gradient-less one too.
-    shapes = [(3 * optim.CHUNK // 100 + 7, 100), (5,), ()]
-    params = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in shapes]
-    params.append(torch.nn.Parameter(torch.ones(3)))
-    return params
+def _model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
 
 
-@pytest.mark.parametrize("weight_decay, maximize", [(0.0, False), (0.1, False), (0.0, True)])
-def test_sliced_adadelta_equals_torch(weight_decay: float, maximize: bool) -> None:
-    ours, theirs = _params(0), _params(0)
-    settings = dict(lr=1.0, rho=0.95, eps=1e-6, weight_decay=weight_decay, maximize=maximize)
-    ours_opt = optim.Adadelta(ours, **settings, compiled=False)
-    theirs_opt = torch.optim.Adadelta(theirs, **settings, foreach=False)
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(4):
-        for a, b in zip(ours[:-1], theirs[:-1], strict=True):
-            a.grad = torch.randn(a.shape, generator=generator)
-            b.grad = a.grad.clone()
-        ours_opt.step()
-        theirs_opt.step()
-    for a, b in zip(ours, theirs, strict=True):
-        assert torch.equal(a, b)
-    assert ours[0].abs().sum() != _params(0)[0].abs().sum()  # it did move
-    # Same state layout: a checkpoint of one loads into the other and continues identically.
-    torch.optim.Adadelta(_params(0), **settings).load_state_dict(ours_opt.state_dict())
-    assert torch.equal(ours_opt.state[ours[0]]["acc_delta"], theirs_opt.state[theirs[0]]["acc_delta"])
-
-
-def _run_steps(opt_params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(4):
-        for param in opt_params[:-1]:
-            param.grad = torch.randn(param.shape, generator=generator)
+def _steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps: int = 3) -> None:
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        model(x).square().sum().backward()
         optimizer.step()
 
 
-def _compiler_works() -> bool:
-    return shutil.which(os.environ.get("CXX", "g++")) is not None or shutil.which("cc") is not None
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adadelta_is_the_papers_update(weight_decay: float) -> None:
+    """Zeiler's Adadelta with Theano's defaults, one step at a time, computed by hand."""
+    config = make_config(preset="paper", weight_decay=weight_decay)
+    model, reference = _model(0), _model(0)
+    optimizer = make_optimizer(config, model)
+    assert isinstance(optimizer, torch.optim.Adadelta) and optimizer.defaults["foreach"]
+    assert optimizer.defaults["rho"] == 0.95 and optimizer.defaults["eps"] == 1e-6
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
+    square_avg = [torch.zeros_like(p) for p in reference.parameters()]
+    acc_delta = [torch.zeros_like(p) for p in reference.parameters()]
+    for _ in range(3):
+        _steps(model, optimizer, steps=1)
+        reference.zero_grad()
+        reference(x).square().sum().backward()
+        with torch.no_grad():
+            for p, s, a in zip(reference.parameters(), square_avg, acc_delta, strict=True):
+                grad = p.grad + weight_decay * p
+                s.mul_(0.95).add_(0.05 * grad * grad)
+                delta = torch.sqrt(a + 1e-6) / torch.sqrt(s + 1e-6) * grad
+                a.mul_(0.95).add_(0.05 * delta * delta)
+                p.sub_(config.lr * delta)
+    for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.skipif(not _compiler_works(), reason="torch.compile on the CPU needs a C++ compiler")
-def test_compiled_adadelta_matches_torch() -> None:
-    settings = dict(lr=1.0, rho=0.95, eps=1e-6, weight_decay=0.1)
-    ours, theirs = _params(0), _params(0)
-    ours_opt = optim.Adadelta(ours, **settings, compiled=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", "compiled Adadelta")  # the compiled path must have run
-        _run_steps(ours, ours_opt)
-    _run_steps(theirs, torch.optim.Adadelta(theirs, **settings, foreach=False))
-    assert not ours_opt._compiled_update.failed
-    for a, b in zip(ours, theirs, strict=True):
+@pytest.mark.parametrize(("name", "kind"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_adam_is_fused_and_matches_the_unfused_update(name: str, kind: type) -> None:
+    config = make_config(optimizer=name, lr=1e-2, weight_decay=0.01)
+    ours, theirs = _model(0), _model(0)
+    optimizer = make_optimizer(config, ours)
+    assert type(optimizer) is kind and optimizer.defaults["fused"]
+    assert optimizer.defaults["lr"] == 1e-2 and optimizer.defaults["weight_decay"] == 0.01
+    _steps(ours, optimizer)
+    _steps(theirs, kind(theirs.parameters(), lr=1e-2, weight_decay=0.01, foreach=False))
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert not torch.equal(ours[0], _params(0)[0])
 
 
-def test_failed_compile_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-
-    def broken_compile(function, **kwargs):  # noqa: ANN001, ANN003, ARG001
-        def run(*args):  # noqa: ANN002
-            calls.append(1)
-            raise RuntimeError("no working C++ compiler\nlong details")
-
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
-    settings = dict(lr=1.0, rho=0.95, eps=1e-6)
-    ours, theirs = _params(0), _params(0)
-    ours_opt = optim.Adadelta(ours, **settings, compiled=True)
-    with pytest.warns(UserWarning, match=r"unavailable \(no working C\+\+ compiler\); using the sliced"):
-        _run_steps(ours, ours_opt)
-    _run_steps(theirs, torch.optim.Adadelta(theirs, **settings, foreach=False))
-    assert len(calls) == 1  # tried once, then the sliced update for good
-    for a, b in zip(ours, theirs, strict=True):
-        assert torch.equal(a, b)
-
-
-def test_compiles_only_large_models(monkeypatch: pytest.MonkeyPatch) -> None:
-    compiled = []
-    monkeypatch.setattr(torch, "compile", lambda function, **kwargs: compiled.append(1) or function)
-    small = _params(0)  # ~400k elements
-    optimizer = optim.Adadelta(small, lr=1.0)
-    _run_steps(small, optimizer)
-    assert compiled == []
-    monkeypatch.setattr(optim, "COMPILE_MIN_ELEMENTS", 1000)
-    _run_steps(small, optimizer)
-    assert compiled == [1]
-
-
-def test_adam_is_fused_and_matches_torch() -> None:
-    for decoupled, kind in [(False, torch.optim.Adam), (True, torch.optim.AdamW)]:
-        ours, theirs = _params(0), _params(0)
-        ours_opt = optim.make_adam(ours, decoupled=decoupled, lr=1e-2, weight_decay=0.01)
-        assert type(ours_opt) is kind and ours_opt.defaults["fused"]
-        _run_steps(ours, ours_opt)
-        _run_steps(theirs, kind(theirs, lr=1e-2, weight_decay=0.01, foreach=False))
-        for a, b in zip(ours, theirs, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-
-
-def test_keep_freed_memory_is_idempotent() -> None:
-    first = keep_freed_memory()
-    assert keep_freed_memory() == first
+def test_adam_on_parameters_without_a_fused_kernel_is_torchs_default() -> None:
+    model = _model(0).to(torch.float64)
+    model[0].weight.data = model[0].weight.data.to(torch.complex128)  # no fused kernel for complex
+    optimizer = make_optimizer(make_config(), model)
+    assert not optimizer.defaults["fused"]

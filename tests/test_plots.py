@@ -10,9 +10,8 @@ import pytest
 from test_predict import build_tiny_run, hapnet
 
 from hapnet.errors import HapnetError
-from hapnet.explain import explain_code, run_label
-from hapnet.ontology_io import load_ontology
-from hapnet.plots import (
+from hapnet.inspect.explain import explain_code
+from hapnet.inspect.plots import (
     plot_explanation,
     plot_runs,
     project_2d,
@@ -20,7 +19,9 @@ from hapnet.plots import (
     top_categories,
     unique_labels,
 )
-from hapnet.runs import load
+from hapnet.ontology.builtins import load_ontology
+from hapnet.training.naming import run_label
+from hapnet.training.runs import load
 
 STEMS = ("learning_curves", "accuracy_by_group", "embedding_map")
 

@@ -1,4 +1,4 @@
-"""`run.predict(history)` and `hapnet predict` on a tiny trained run.
+"""`predict_next_visit(run, history)` and `hapnet predict` on a tiny trained run.
 
 `build_tiny_run` (also used by test_explain.py and test_plots.py) trains a model for 2 epochs on a
 hand-made 3-level ontology with one two-parent code and 60 synthetic patients.
@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from hapnet.cli.main import app
 from hapnet.errors import HapnetError
-from hapnet.predict import OUTSIDE_VOCABULARY, parse_history, patient_history, predict_next_visit
-from hapnet.runs import load
-from hapnet.trainer import train
+from hapnet.inspect.predict import OUTSIDE_VOCABULARY, parse_history, patient_history, predict_next_visit
+from hapnet.training.runs import load
+from hapnet.training.trainer import train
 
 runner = CliRunner()
 
@@ -115,7 +115,7 @@ def hapnet(*args: str | Path):  # noqa: ANN201 - click's Result
 # ----------------------------------------------------------------------------- library
 def test_probabilities_sum_to_one_and_top_is_a_prefix_of_the_full_ranking(hap_run: Path) -> None:
     run = load(hap_run)
-    result = run.predict([["A11", "A12"], ["B21"]], top=5)
+    result = predict_next_visit(run, [["A11", "A12"], ["B21"]], top=5)
     assert result.probabilities.shape == (len(run.vocab),)
     assert result.probabilities.sum() == pytest.approx(1.0, abs=1e-9)
     assert (result.probabilities > 0).all()
@@ -133,7 +133,7 @@ def test_probabilities_sum_to_one_and_top_is_a_prefix_of_the_full_ranking(hap_ru
             and row.train_count == facts.loc[row.code, "train_count"]
         )
     # Asking for more codes than there are gives all of them.
-    assert len(run.predict([["A11"]], top=1000).top) == len(run.vocab)
+    assert len(predict_next_visit(run, [["A11"]], top=1000).top) == len(run.vocab)
 
 
 def test_probabilities_equal_a_hand_written_forward_pass(hap_run: Path) -> None:
@@ -147,7 +147,7 @@ def test_probabilities_equal_a_hand_written_forward_pass(hap_run: Path) -> None:
         visits = torch.stack([torch.tanh(g[[code_class[c] for c in visit]].sum(0)) for visit in history])
         states, _ = model.gru(visits[None])
         expected = torch.softmax(model.heads["diagnosis"](states[0, -1]).double(), dim=0).numpy()
-    np.testing.assert_allclose(run.predict(history).probabilities, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(predict_next_visit(run, history).probabilities, expected, rtol=1e-5, atol=1e-7)
 
 
 def test_codes_resolve_like_training_and_the_rest_are_reported(hap_run: Path) -> None:
@@ -181,7 +181,7 @@ def test_codes_resolve_like_training_and_the_rest_are_reported(hap_run: Path) ->
 )
 def test_unusable_history_is_a_one_line_error(hap_run: Path, history, message: str) -> None:
     with pytest.raises(HapnetError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load(hap_run).predict(history)
+        predict_next_visit(load(hap_run), history)
 
 
 def test_parse_history() -> None:
@@ -206,7 +206,7 @@ def test_patient_history_reads_their_visits_in_order(hap_run: Path, tiny: Path) 
 def test_cli_predict_table_and_json(hap_run: Path) -> None:
     result = hapnet("predict", hap_run, "--history", "A11,A12;B21,Z99", "--top", "4")
     assert result.exit_code == 0, result.output
-    top_code = load(hap_run).predict([["A11", "A12"], ["B21"]], top=1).top["code"][0]
+    top_code = predict_next_visit(load(hap_run), [["A11", "A12"], ["B21"]], top=1).top["code"][0]
     assert (
         top_code in result.stdout and "skipped: Z99" in result.stdout and "frequency group" in result.stdout
     )

@@ -5,7 +5,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hapnet.predictor import BatchBuilder, NextVisitModel, next_visit_loss
+from hapnet.data.batches import BatchBuilder
+from hapnet.models.losses import next_visit_loss
+from hapnet.models.predictor import NextVisitModel
 
 
 def tiny_data():
@@ -45,6 +47,8 @@ def test_batch_builder_maps_nodes_to_classes():
 
 
 class FixedEmbedder(nn.Module):
+    subset_is_cheaper = False  # what NextVisitModel asks of an embedder
+
     def __init__(self, num_codes, dim):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(num_codes, dim, dtype=torch.float64))
@@ -123,7 +127,7 @@ def test_packed_batch_equals_one_gru_run_per_patient():
 def test_paper_loss_closed_form_gradient_equals_autograd_through_the_formula():
     """Second path: the paper's formula with a dense y, differentiated by autograd (saturated
     logits included: there p is clamped below 1 and that term's gradient is 0)."""
-    from hapnet.predictor import PAPER_CLAMP, _PaperLoss
+    from hapnet.models.losses import PAPER_CLAMP, _PaperLoss
 
     rng = np.random.default_rng(0)
     rows = torch.from_numpy(np.repeat(np.arange(6), 3))
@@ -145,7 +149,7 @@ def test_paper_loss_closed_form_gradient_equals_autograd_through_the_formula():
 
 
 def test_dropout_keeps_each_entry_with_probability_1_minus_p_and_rescales():
-    from hapnet.predictor import Dropout
+    from hapnet.models.predictor import Dropout
 
     torch.manual_seed(0)
     dropout = Dropout(0.4)

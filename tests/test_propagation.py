@@ -1,4 +1,4 @@
-"""The message-passing primitive (hapnet.propagation): segment softmax, scorer, attention."""
+"""The message-passing primitive (hapnet.models.propagation): segment softmax, scorer, attention."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from hapnet import propagation
-from hapnet.hierarchy import Step
-from hapnet.propagation import (
+from hapnet.models import propagation
+from hapnet.models.propagation import (
     AttentionScorer,
     Candidates,
     EdgeIndex,
@@ -21,6 +20,7 @@ from hapnet.propagation import (
     scatter_sum,
     segment_softmax,
 )
+from hapnet.ontology.hierarchy import Step
 
 DTYPE = torch.float64
 

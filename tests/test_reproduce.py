@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 import hapnet
 from hapnet.cli.main import app
-from hapnet.config import differing_settings, make_config
+from hapnet.data.synth import write_synth
 from hapnet.errors import HapnetError
-from hapnet.reproduction import PAPER_CONFIGS, PUBLISHED, finished_seeds, select_configs
-from hapnet.synth import write_synth
+from hapnet.training.config import differing_settings, make_config
+from hapnet.training.reproduction import PAPER_CONFIGS, PUBLISHED, finished_seeds, select_configs
 
 runner = CliRunner()
 TINY = ["--epochs", "1", "--seeds", "0", "--dim", "8", "--hidden", "8", "--attention-dim", "4"]

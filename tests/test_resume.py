@@ -20,11 +20,12 @@ import torch
 from typer.testing import CliRunner
 
 import hapnet
-from hapnet import trainer
 from hapnet.cli.main import app
 from hapnet.errors import HapnetError
-from hapnet.runs import RESUME, RunWriter
-from hapnet.trainer import TrainCallbacks, TrainingDiverged
+from hapnet.training import step as training_step
+from hapnet.training import trainer
+from hapnet.training.runs import RESUME, RunWriter
+from hapnet.training.trainer import TrainCallbacks, TrainingDiverged
 
 runner = CliRunner()
 EPOCHS = 3
@@ -110,8 +111,8 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import json, os, signal, sys
     import hapnet
-    from hapnet.runs import RunWriter
-    from hapnet.trainer import TrainCallbacks
+    from hapnet.training.runs import RunWriter
+    from hapnet.training.trainer import TrainCallbacks
 
     settings, out, epoch = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 
@@ -170,7 +171,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(
         hapnet.train(out=out, callbacks=StopAt(stop_epoch), **small)
     state = torch.load(tmp_path / ".run.partial" / RESUME, weights_only=True)
     assert state["epoch"] == stop_epoch - 1 and len(state["history"]) == stop_epoch - 1
-    result = hapnet.trainer.resume(out)
+    result = hapnet.resume(out)
     assert result.run_dir == out and [r["epoch"] for r in result.history] == list(range(1, EPOCHS + 1))
     assert_same_run(out, reference)
 
@@ -180,7 +181,7 @@ def test_resume_restores_the_torch_rng(small: dict, reference: Path, tmp_path: P
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         hapnet.train(out=out, callbacks=StopAt(2), **small)
-    monkeypatch.setattr("hapnet.runs.set_rng_states", lambda states: None)
+    monkeypatch.setattr("hapnet.training.trainer.set_rng_states", lambda states: None)
     hapnet.train(resume=out)
     with pytest.raises(AssertionError):
         assert_same_run(out, reference)
@@ -245,7 +246,7 @@ def test_resume_takes_no_other_settings(reference: Path):
 
 def nan_at(epoch: int, step: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The training loss becomes NaN at (epoch, step); evaluation losses stay finite."""
-    real_loss, real_evaluate = trainer.next_visit_loss, trainer.evaluate_patients
+    real_loss, real_evaluate = training_step.next_visit_loss, trainer.evaluate_patients
     calls = {"evaluations": 0, "step": 0}
 
     def evaluate(*args, **kwargs):  # noqa: ANN002, ANN003 - two evaluations (valid, test) end an epoch
@@ -262,7 +263,7 @@ def nan_at(epoch: int, step: int, monkeypatch: pytest.MonkeyPatch) -> None:
         return value
 
     monkeypatch.setattr(trainer, "evaluate_patients", evaluate)
-    monkeypatch.setattr(trainer, "next_visit_loss", loss)
+    monkeypatch.setattr(training_step, "next_visit_loss", loss)
 
 
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_checkpoint(
@@ -301,7 +302,7 @@ def test_absurd_learning_rate_diverges_cleanly(small: dict, tmp_path: Path):
 
 def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A save that dies half-way leaves the previous checkpoint readable."""
-    from hapnet.config import TrainConfig
+    from hapnet.training.config import TrainConfig
 
     writer = RunWriter.start(tmp_path / "run", TrainConfig(), force=False)
     writer.save_resume_state({"epoch": 1})
@@ -385,10 +386,10 @@ def test_resume_refuses_changed_data_and_accepts_the_same_data_recompressed(
 
 
 def test_data_fingerprint_sees_every_array(small: dict):
-    from hapnet.runs import data_fingerprint
+    from hapnet.training.runs import data_fingerprint
 
     ontology = hapnet.load_ontology(small["ontology"])
-    data = hapnet.visits.load_visits(small["data"], ontology)
+    data = hapnet.load_visits(small["data"], ontology)
     base = data_fingerprint(data)
     assert data_fingerprint(data.subset(np.arange(data.num_patients))) == base
     changed = [
@@ -398,14 +399,14 @@ def test_data_fingerprint_sees_every_array(small: dict):
     codes = data.codes.copy()
     codes[0] += 1
     changed.append(
-        hapnet.visits.VisitData(
+        hapnet.VisitData(
             ontology, data.patient_ids, data.patient_offsets, data.visit_offsets, codes, data.report
         )
     )
     ids = data.patient_ids.astype(object)
     ids[0] = "someone else"
     changed.append(
-        hapnet.visits.VisitData(
+        hapnet.VisitData(
             ontology, ids, data.patient_offsets, data.visit_offsets, data.codes, data.report
         )
     )

@@ -12,11 +12,14 @@ import pytest
 import torch
 from test_models import random_dag
 
-from hapnet.config import TrainConfig, differing_settings, make_config
+from hapnet.data.vocabulary import Vocabulary
 from hapnet.errors import HapnetError
-from hapnet.models import MODELS, EmbedderConfig, build_embedder
-from hapnet.ontology import Ontology
-from hapnet.trainer import Vocabulary, build_model
+from hapnet.models.embedder import EmbedderConfig
+from hapnet.models.registry import MODELS, build_embedder
+from hapnet.ontology.graph import Ontology
+from hapnet.ontology.hierarchy import Hierarchy
+from hapnet.training.config import TrainConfig, differing_settings, make_config
+from hapnet.training.setup import build_model
 
 DTYPE = torch.float64
 
@@ -73,10 +76,15 @@ def test_observed_scope_equals_a_model_built_without_the_other_nodes(name: str, 
     torch.manual_seed(seed)
     pruned = onto.prune(np.array(observed))
     compact = build_embedder(
-        name, pruned.compile(), np.array(observed), EmbedderConfig(6, 4, 1.0, base_nodes="used")
+        name,
+        Hierarchy.from_ontology(pruned),
+        np.array(observed),
+        EmbedderConfig(6, 4, 1.0, base_nodes="used"),
     ).to(DTYPE)
     kept = _kept_ontology(onto, observed_ids)
-    reference = build_embedder(name, kept.compile(), np.array([kept.index(c) for c in observed_ids]), config)
+    reference = build_embedder(
+        name, Hierarchy.from_ontology(kept), np.array([kept.index(c) for c in observed_ids]), config
+    )
     reference = reference.to(DTYPE)
 
     # Fewer rows than nodes (unless every node is in use), one per node of the kept DAG.
@@ -111,7 +119,10 @@ def test_a_node_without_an_embedding_is_named_when_explained() -> None:
     onto = with_extras()
     observed = np.array([onto.index("A1")])
     model = build_embedder(
-        "hap", onto.prune(observed).compile(), observed, EmbedderConfig(4, 2, base_nodes="used")
+        "hap",
+        Hierarchy.from_ontology(onto.prune(observed)),
+        observed,
+        EmbedderConfig(4, 2, base_nodes="used"),
     )
     assert model.explain(observed).shape == (1, len(onto))
     with pytest.raises(HapnetError, match="'C' has no embedding in this model"):

@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 import hapnet
-from hapnet import synth
+from hapnet.data import synth
+from hapnet.data.loaders import load_visits
+from hapnet.data.synth import SynthSettings, generate, write_synth
 from hapnet.errors import HapnetError
-from hapnet.synth import SynthSettings, generate, write_synth
-from hapnet.visits import load_visits
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 import hapnet
 from hapnet.cli.main import app
-from hapnet.models import MODELS
-from hapnet.synth import write_synth
+from hapnet.data.synth import write_synth
+from hapnet.models.registry import MODELS
 
 DATA = Path(__file__).parent / "data"
 TINY = ["--epochs", "2", "--dim", "16", "--hidden", "16", "--attention-dim", "8", "--device", "cpu"]
@@ -231,13 +231,13 @@ def test_threads_option_trains_with_that_many_threads_and_restores_them(
     synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     seen = []
-    real_train = hapnet.trainer.train
+    real_train = hapnet.training.trainer.train
 
     def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         seen.append(torch.get_num_threads())
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr("hapnet.trainer.train", spy)
+    monkeypatch.setattr("hapnet.training.trainer.train", spy)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

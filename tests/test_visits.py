@@ -12,17 +12,12 @@ import pandas as pd
 import pytest
 
 import hapnet
-from hapnet import visits as loader
+from hapnet.data import csv_stream
+from hapnet.data.loaders import load_visits, visits_from_frame, visits_from_lists
+from hapnet.data.long_csv import parse_columns
+from hapnet.data.visits import DataReport, VisitData
 from hapnet.errors import HapnetError, InputError
-from hapnet.ontology import Ontology
-from hapnet.visits import (
-    DataReport,
-    VisitData,
-    load_visits,
-    parse_columns,
-    visits_from_frame,
-    visits_from_lists,
-)
+from hapnet.ontology.graph import Ontology
 
 DATA = Path(__file__).parent / "data"
 MIMIC3 = DATA / "mimic3-demo"
@@ -282,8 +277,8 @@ def naive_long_csv(frame: pd.DataFrame, ontology: Ontology) -> tuple[list[str], 
 
 def test_vectorised_loader_matches_a_naive_loop(tiny, tmp_path, monkeypatch):
     # small CSV blocks and string groups: the per-block / per-group merging is exercised too
-    monkeypatch.setattr(loader, "BLOCK_SIZE", 4096)
-    monkeypatch.setattr(loader._Column, "GROUP_ROWS", 700)
+    monkeypatch.setattr(csv_stream, "BLOCK_SIZE", 4096)
+    monkeypatch.setattr(csv_stream._Column, "GROUP_ROWS", 700)
     rng = np.random.default_rng(7)
     n = 3000
     raw_codes = np.array(["4019", "401.1", "2500", "25001", "2501", "250", "401", "9999", "V10", " 4019 "])
@@ -314,8 +309,8 @@ def test_vectorised_loader_matches_a_naive_loop(tiny, tmp_path, monkeypatch):
 
 def test_types_guessed_from_the_sample_fall_back_to_strings(tiny, tmp_path, monkeypatch):
     """The first rows look like integer ids and ISO dates; later rows do not: same data anyway."""
-    monkeypatch.setattr(loader, "_SNIFF_BYTES", 100)
-    monkeypatch.setattr(loader, "BLOCK_SIZE", 256)
+    monkeypatch.setattr(csv_stream, "_SNIFF_BYTES", 100)
+    monkeypatch.setattr(csv_stream, "BLOCK_SIZE", 256)
     lines = [f"{p},{v},2020-01-0{v},{c}" for p in range(1, 30) for v in (1, 2) for c in ("4019", "2500")]
     lines += [
         "070,1,01/03/2020,4011",
@@ -365,7 +360,7 @@ def test_frame_with_missing_values_counts_them(tiny):
 
 
 def test_synth_folder_and_default_source(icd9, tmp_path):
-    from hapnet.synth import generate, write_synth
+    from hapnet.data.synth import generate, write_synth
 
     folder = write_synth(tmp_path / "s", icd9, patients=200, seed=5)
     data = load_visits(folder, icd9)

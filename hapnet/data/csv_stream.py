@@ -1,0 +1,286 @@
+"""Streaming CSV columns with pyarrow, block by block, for the visit loaders.
+
+Columns whose sampled values are integers or ISO times parse natively; other strings are
+dictionary-encoded a group of blocks at a time. A block that disagrees with what the sample
+promised (a string in an integer column, invalid UTF-8) makes the file be read again, less
+optimistically. Memory stays bounded by the block size, whatever the file's size.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from hapnet.data.times import parse_times
+from hapnet.errors import InputError
+from hapnet.utils.textio import GZIP_MAGIC
+
+BLOCK_SIZE = 16 << 20  # bytes of CSV per pyarrow block: bounds memory, keeps both cores busy
+_SNIFF_BYTES = 1 << 20
+
+
+# Sampled values that let a column be parsed natively (no strings to hash): integers without
+# leading zeros (so "007" stays a string) and ISO dates or date-times.
+_INTEGER = re.compile(r"-?[1-9][0-9]{0,17}|0")
+
+
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2})?)?")
+
+
+class _Retry(Exception):
+    """A block disagreed with what the sample promised: read the file again, less optimistically."""
+
+    def __init__(self, latin1: bool):
+        super().__init__("latin-1" if latin1 else "strings")
+        self.latin1 = latin1
+
+
+@dataclass
+class CsvFile:
+    """A CSV file (gzip or not) with its header and a sample of rows: ready to stream columns."""
+
+    path: Path
+    header: list[str]
+    compression: str | None
+    encoding: str
+    sample_rows: list[list[str]]
+
+    @classmethod
+    def open(cls, path: Path) -> CsvFile:
+        if not path.exists():
+            raise InputError(path, "file not found")
+        if path.is_dir():
+            raise InputError(path, "is a folder, expected a CSV file")
+        with open(path, "rb") as handle:
+            magic = handle.read(2)
+        compression = "gzip" if magic == GZIP_MAGIC else None
+        if compression is None and path.suffix.lower() == ".gz":
+            raise InputError(path, "has a .gz suffix but is not gzip-compressed")
+        try:
+            with pa.input_stream(str(path), compression=compression) as stream:
+                sample = stream.read(_SNIFF_BYTES)
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(path, f"corrupt or truncated gzip data ({exc})") from None
+        if not sample.strip():
+            raise InputError(path, "empty file")
+        if b"\x00" in sample:
+            raise InputError(path, "binary data, expected a text (CSV) file")
+        encoding = "utf8"
+        try:
+            text = sample.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            cut_character = len(sample) == _SNIFF_BYTES and exc.start >= len(sample) - 3
+            if cut_character:  # the sample ends inside a multi-byte character: the text is fine
+                text = sample[: exc.start].decode("utf-8-sig")
+            else:
+                encoding = "latin-1"
+                warnings.warn(f"{path}: not valid UTF-8, read as latin-1", stacklevel=4)
+                text = sample.removeprefix(b"\xef\xbb\xbf").decode("latin-1")  # a BOM, then latin-1 bytes
+        lines = text.lstrip("\ufeff").splitlines()
+        if len(sample) == _SNIFF_BYTES:
+            lines = lines[:-1]  # the last line may be cut
+        # a long free-text cell (pyarrow reads up to BLOCK_SIZE a line) must not stop the sample
+        csv.field_size_limit(max(csv.field_size_limit(), _SNIFF_BYTES))
+        try:
+            rows = list(csv.reader(lines))
+        except csv.Error as exc:
+            raise InputError(path, f"unreadable CSV ({exc})") from None
+        header = [h.strip() for h in rows[0]] if rows else []
+        if not any(header):
+            raise InputError(path, "no header line (the first line is empty)", 1)
+        return cls(path, header, compression, encoding, rows[1:])
+
+    def find(self, names: Sequence[str]) -> int | None:
+        """Index of the first column whose name (case-insensitive) is in `names`, in `names` order."""
+        lowered = [h.lower() for h in self.header]
+        for name in names:
+            if name.lower() in lowered:
+                return lowered.index(name.lower())
+        return None
+
+    def require(self, role: str, names: Sequence[str], hint: str) -> int:
+        found = self.find(names)
+        if found is None:
+            raise InputError(
+                self.path,
+                f"no {role} column: found columns {', '.join(self.header)}; expected "
+                f"{' or '.join(names)}{hint}",
+                1,
+            )
+        return found
+
+    def sniff_type(self, column: int, *, time: bool = False) -> pa.DataType:
+        """int64 when every sampled value is an integer; timestamp for ISO times; else string."""
+        values = [row[column].strip() for row in self.sample_rows if len(row) > column]
+        filled = [v for v in values if v]
+        if not filled:
+            return pa.string()
+        if len(filled) == len(values) and all(_INTEGER.fullmatch(v) for v in filled):
+            return pa.int64()
+        if time and all(_ISO_TIME.fullmatch(v) for v in filled):
+            return pa.timestamp("s")
+        return pa.string()
+
+    def batches(self, wanted: dict[str, int], types: dict[str, pa.DataType]) -> Iterator[dict[str, pa.Array]]:
+        """Stream the wanted columns (role -> column index), block by block."""
+        names = [f"c{i}" for i in range(len(self.header))]
+        read_options = pacsv.ReadOptions(
+            column_names=names, skip_rows=1, block_size=BLOCK_SIZE, encoding=self.encoding, use_threads=True
+        )
+        column_types = {names[i]: types.get(role, pa.string()) for role, i in wanted.items()}
+        convert_options = pacsv.ConvertOptions(
+            include_columns=list(column_types),
+            column_types=column_types,
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        )
+        parse_options = pacsv.ParseOptions(newlines_in_values=False)
+        typed = any(t != pa.string() for t in column_types.values())
+        try:
+            stream = pa.input_stream(str(self.path), compression=self.compression)
+            reader = pacsv.open_csv(stream, read_options, parse_options, convert_options)
+            for batch in reader:
+                yield {role: batch.column(names[i]) for role, i in wanted.items()}
+        except pa.ArrowInvalid as exc:
+            message = str(exc).splitlines()[0]
+            if "invalid UTF8" in message and self.encoding == "utf8":
+                raise _Retry(latin1=True) from None
+            if typed and "conversion error" in message:
+                raise _Retry(latin1=False) from None
+            raise InputError(self.path, f"unreadable CSV ({message})") from None
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(self.path, f"corrupt or truncated data ({exc})") from None
+
+
+class _Column:
+    """One column, fed block by block. Integer and timestamp columns are kept as numbers. Strings
+    are dictionary-encoded a group of blocks at a time (one pyarrow hash table per group, so the
+    raw strings held at once stay bounded) and the group dictionaries unified at the end."""
+
+    GROUP_ROWS = 4_000_000
+
+    def __init__(self) -> None:
+        self._parts: list = []  # numpy arrays (int, time) or (int32 indices, dictionary) per group
+        self._pending: list[pa.Array] = []
+        self._pending_rows = 0
+        self._rows = 0
+        self._kind = ""
+
+    def add(self, values: pa.Array) -> None:
+        kind = "string"
+        if pa.types.is_integer(values.type):
+            if values.null_count:  # an empty id: its string reading decides what it means
+                raise _Retry(latin1=False)
+            kind = "int"
+            self._parts.append(values.to_numpy())
+        elif pa.types.is_timestamp(values.type):
+            kind = "time"
+            seconds = pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
+            self._parts.append(np.where(values.is_null().to_numpy(zero_copy_only=False), np.nan, seconds))
+        else:
+            self._pending.append(values)
+            self._pending_rows += len(values)
+            if self._pending_rows >= self.GROUP_ROWS:
+                self._encode_pending()
+        if self._kind and kind != self._kind:  # pragma: no cover - types are fixed per read
+            raise AssertionError("mixed column types")
+        self._kind = kind
+        self._rows += len(values)
+
+    def _encode_pending(self) -> None:
+        if self._pending:
+            encoded = pa.chunked_array(self._pending, pa.string()).dictionary_encode()
+            indices = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in encoded.chunks])
+            self._parts.append((indices, encoded.chunk(0).dictionary))
+        self._pending, self._pending_rows = [], 0
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def _take_parts(self) -> list:
+        """The blocks, handed over once: a column is read once, and a 30-million-row file should
+        not keep its blocks alive beside the arrays made from them."""
+        self._encode_pending()
+        parts, self._parts = self._parts, []
+        return parts
+
+    def factorize(self) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct values as str, first-appearance order; int64 id per row), whitespace stripped.
+        Consumes the column."""
+        if self._kind == "time":  # pragma: no cover - times are read with times()
+            raise AssertionError("times are not factorized")
+        parts = self._take_parts()
+        if self._kind == "int":
+            ids, distinct = pd.factorize(np.concatenate(parts))
+            return distinct.astype(str), ids.astype(np.int64, copy=False)
+        if not parts:
+            return np.zeros(0, dtype=str), np.zeros(0, dtype=np.int64)
+        dictionaries = [dictionary for _, dictionary in parts]
+        offsets = np.cumsum([0] + [len(d) for d in dictionaries[:-1]])
+        ids = np.empty(sum(len(indices) for indices, _ in parts), dtype=np.int64)
+        start = 0
+        for (indices, _), offset in zip(parts, offsets, strict=True):
+            np.add(indices, offset, out=ids[start : start + len(indices)])
+            start += len(indices)
+        del parts
+        values = pc.utf8_trim_whitespace(pa.concat_arrays(dictionaries))
+        distinct = pc.unique(values)
+        remap = pc.index_in(values, value_set=distinct).to_numpy(zero_copy_only=False).astype(np.int64)
+        return np.asarray(distinct.to_numpy(zero_copy_only=False), dtype=str), remap[ids]
+
+    def times(self, source: Path | str, first_line: int) -> np.ndarray:
+        """Row times as float (epoch seconds, or plain numbers); NaN = missing. Consumes the column."""
+        if self._kind == "time":
+            return np.concatenate(self._take_parts())
+        if self._kind == "int":
+            return np.concatenate(self._take_parts()).astype(np.float64)
+        distinct, ids = self.factorize()
+        return parse_times(distinct, ids, source, first_line)[ids]
+
+
+def stream_columns(
+    csv_file: CsvFile,
+    wanted: dict[str, int],
+    typed: Sequence[str] = (),
+    transform: Callable[[dict[str, pa.Array]], dict[str, pa.Array]] | None = None,
+) -> dict[str, _Column]:
+    """Read the wanted columns (role -> index) of a whole file; roles in `typed` may parse natively."""
+    types = {role: csv_file.sniff_type(wanted[role], time=role == "time") for role in typed if role in wanted}
+    for _attempt in range(3):
+        columns: dict[str, _Column] = {}
+        try:
+            for batch in csv_file.batches(wanted, types):
+                for role, values in (transform(batch) if transform else batch).items():
+                    columns.setdefault(role, _Column()).add(values)
+        except _Retry as retry:
+            if retry.latin1:
+                warnings.warn(f"{csv_file.path}: not valid UTF-8, read as latin-1", stacklevel=3)
+                csv_file = replace(csv_file, encoding="latin-1")
+            else:
+                types = {}
+            continue
+        if not columns or len(next(iter(columns.values()))) == 0:
+            raise InputError(csv_file.path, "header only, no data rows")
+        return columns
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def unify_ids(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Factorized columns of different files -> one shared id space (MIMIC hadm ids)."""
+    names = np.concatenate([distinct for distinct, _ in parts])
+    shared, uniques = pd.factorize(names)
+    result, start = [], 0
+    for distinct, ids in parts:
+        result.append(shared[start : start + len(distinct)][ids].astype(np.int64))
+        start += len(distinct)
+    return np.asarray(uniques, dtype=str), result

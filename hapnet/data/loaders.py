@@ -1,0 +1,140 @@
+"""`load_visits`: visit data from any source the product reads, auto-detected from the path.
+
+- a MIMIC-III folder (`ADMISSIONS` + `DIAGNOSES_ICD`, `.csv` or `.csv.gz`, upper or lower case),
+- a MIMIC-IV `hosp` folder or its parent (`admissions` + `diagnoses_icd` with `icd_version`),
+- a long CSV, one row per (patient, visit, code) with an optional visit time,
+- a folder written by `hapnet synth` (its `synth.json` names the long CSV).
+
+Every source becomes the same long table of integers (`hapnet.data.table`), assembled into
+`VisitData` with numpy only: ten million rows load in seconds within about 1.5 GB.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hapnet.data import synth
+from hapnet.data.long_csv import read_long_csv, rows_from_frame
+from hapnet.data.mimic import find_mimic, read_mimic
+from hapnet.data.table import UNKNOWN_POLICIES, LongTable, assemble
+from hapnet.data.visits import VisitData
+from hapnet.errors import HapnetError, InputError
+from hapnet.ontology.graph import Ontology
+
+SYNTH_MANIFEST = synth.MANIFEST
+
+
+def load_visits(
+    path: str | Path | None,
+    ontology: Ontology,
+    *,
+    columns: dict[str, str] | None = None,
+    unknown: str = "ancestor",
+    min_visits: int = 2,
+) -> VisitData:
+    """Load visits from a MIMIC-III/IV folder, a long CSV or a `hapnet synth` folder.
+
+    `path=None` generates the default synthetic data set (`hapnet.data.synth`) for `ontology`.
+    `columns` names the long-CSV columns by role (`patient`, `visit`, `time`, `code`).
+    `unknown`: "ancestor" maps codes missing from the ontology to their nearest ancestor by
+    prefix (else drops them), "drop" keeps exact matches only, "error" rejects any other code.
+    """
+    _check_options(unknown, min_visits)
+    if path is None:
+        frame = synth.generate(ontology, synth.DEFAULT_PATIENTS, seed=0)
+        rows = rows_from_frame(frame, None, "synthetic (generated in memory)", "synth")
+        return assemble(rows, ontology, unknown, min_visits)
+    path = Path(path)
+    if not path.exists():
+        raise InputError(
+            path, "not found (expected a MIMIC-III/IV folder, a long CSV or a `hapnet synth` folder)"
+        )
+    if path.is_file() and path.name == SYNTH_MANIFEST:
+        path = path.parent
+    if path.is_dir():
+        if (path / SYNTH_MANIFEST).exists():
+            rows = _read_synth_folder(path, ontology, columns)
+        else:
+            mimic = find_mimic(path)
+            if columns:
+                raise InputError(path, "--columns applies to long CSV files, not to MIMIC folders")
+            rows = read_mimic(*mimic, ontology)
+    else:
+        rows = read_long_csv(path, columns, kind="long-csv")
+    return assemble(rows, ontology, unknown, min_visits)
+
+
+def visits_from_lists(
+    patients: Sequence[Sequence[Sequence[str]]],
+    ontology: Ontology,
+    *,
+    unknown: str = "ancestor",
+    min_visits: int = 2,
+    patient_ids: Sequence[str] | None = None,
+) -> VisitData:
+    """Visits from nested lists: patients -> visits (in time order) -> raw codes."""
+    _check_options(unknown, min_visits)
+    names = [str(i) for i in range(len(patients))] if patient_ids is None else [str(p) for p in patient_ids]
+    row_patient, row_visit, raw = [], [], []
+    visit = 0
+    for p, visits in enumerate(patients):
+        for codes in visits:
+            for code in codes:
+                row_patient.append(p)
+                row_visit.append(visit)
+                raw.append(str(code).strip())
+            visit += 1
+    row_code, code_index = pd.factorize(pd.Series(raw, dtype=object))
+    rows = LongTable(
+        source="lists",
+        kind="lists",
+        patient_names=np.array(names, dtype=str),
+        patient=np.asarray(row_patient, dtype=np.int64),
+        visit=np.asarray(row_visit, dtype=np.int64),
+        time=None,
+        code_names=[str(c) for c in code_index],
+        code=np.asarray(row_code, dtype=np.int64),
+    )
+    return assemble(rows, ontology, unknown, min_visits)
+
+
+def visits_from_frame(
+    frame: pd.DataFrame,
+    ontology: Ontology,
+    *,
+    columns: dict[str, str] | None = None,
+    unknown: str = "ancestor",
+    min_visits: int = 2,
+) -> VisitData:
+    """Visits from a long pandas DataFrame (same columns and rules as a long CSV)."""
+    _check_options(unknown, min_visits)
+    return assemble(rows_from_frame(frame, columns, "data frame", "frame"), ontology, unknown, min_visits)
+
+
+def _check_options(unknown: str, min_visits: int) -> None:
+    if unknown not in UNKNOWN_POLICIES:
+        raise HapnetError(f"unknown={unknown!r}: expected one of {', '.join(UNKNOWN_POLICIES)}")
+    if min_visits < 1:
+        raise HapnetError(f"min_visits must be at least 1, got {min_visits}")
+
+
+def _read_synth_folder(folder: Path, ontology: Ontology, columns: dict[str, str] | None) -> LongTable:
+    manifest_path = folder / SYNTH_MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        data_file = folder / manifest.get("file", "visits.csv.gz")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InputError(manifest_path, f"unreadable synth manifest ({exc})") from None
+    made_for = manifest.get("ontology")
+    if made_for and made_for != ontology.name:
+        warnings.warn(
+            f"{folder}: synthetic data generated for ontology {made_for}, loaded with {ontology.name}",
+            stacklevel=3,
+        )
+    return read_long_csv(data_file, columns, kind="synth", source=str(folder))

@@ -1,0 +1,3 @@
+"""Training and evaluation: settings (`config`), what a run is built from (`setup`), optimisers
+(`optim`), one step (`step`), the loop (`trainer`), scoring (`evaluation`, `metrics`), run folders
+(`runs`) and their names (`naming`), seed sweeps (`seeds`) and the paper's table (`reproduction`)."""

@@ -1,0 +1,125 @@
+"""Scoring next-visit prediction: `evaluate_patients` (the loss and accuracy@k of a model on some
+patients, what every epoch reports) and `evaluate(run_dir, data=None, k=None)` (a saved run on its
+test split or on other data)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hapnet.data.batches import BatchBuilder
+from hapnet.data.loaders import load_visits
+from hapnet.data.splits import split_patients
+from hapnet.data.visits import VisitData
+from hapnet.errors import HapnetError
+from hapnet.models.losses import next_visit_loss
+from hapnet.models.predictor import DIAGNOSIS, NextVisitModel
+from hapnet.training.config import TrainConfig
+from hapnet.training.metrics import AccuracyAtK
+from hapnet.training.runs import load
+from hapnet.training.setup import load_training_data, resolve_device
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss, **self.accuracy}
+
+
+@torch.no_grad()
+def evaluate_patients(
+    model: NextVisitModel,
+    builder: BatchBuilder,
+    patients: np.ndarray,
+    groups: np.ndarray,
+    config: TrainConfig,
+    device: torch.device,
+) -> Evaluation:
+    """Loss (mean over patients) and accuracy@k of next-visit prediction for these patients."""
+    model.eval()
+    g = model.code_embeddings()
+    meter = AccuracyAtK(config.k, groups)
+    total, count = 0.0, 0
+    for start in range(0, len(patients), config.batch_size):
+        batch = builder.build(patients[start : start + config.batch_size]).to(device)
+        logits = model(batch, g)[DIAGNOSIS]
+        total += next_visit_loss(logits, batch, config.loss).item() * batch.num_patients
+        count += batch.num_patients
+        meter.update(logits, batch.targets(logits.shape[1]))
+    return Evaluation(total / max(count, 1), meter.result())
+
+
+def restrict_to_codes(data: VisitData, code_to_class: np.ndarray) -> tuple[VisitData, int]:
+    """Drop codes outside the vocabulary, then empty visits, then patients left with < 2 visits.
+
+    Returns the restricted data and how many code occurrences were dropped.
+    """
+    keep_code = code_to_class[data.codes] >= 0
+    visit_lengths = np.diff(data.visit_offsets)
+    visit_of_code = np.repeat(np.arange(len(visit_lengths)), visit_lengths)
+    new_lengths = np.bincount(visit_of_code[keep_code], minlength=len(visit_lengths))
+    visits_per_patient = np.diff(data.patient_offsets)
+    patient_of_visit = np.repeat(np.arange(len(visits_per_patient)), visits_per_patient)
+    nonempty = new_lengths > 0
+    new_visits_per_patient = np.bincount(patient_of_visit[nonempty], minlength=len(visits_per_patient))
+    keep_patient = new_visits_per_patient >= 2
+    keep_visit = nonempty & keep_patient[patient_of_visit]
+    keep_code &= keep_visit[visit_of_code]
+    restricted = dataclasses.replace(
+        data,
+        patient_ids=data.patient_ids[keep_patient],
+        patient_offsets=np.concatenate([[0], np.cumsum(new_visits_per_patient[keep_patient])]).astype(
+            np.int64
+        ),
+        visit_offsets=np.concatenate([[0], np.cumsum(new_lengths[keep_visit])]).astype(np.int64),
+        codes=data.codes[keep_code],
+    )
+    return restricted, int((~keep_code).sum())
+
+
+def evaluate(
+    run_dir: str | Path, data: str | Path | None = None, k: int | None = None, device: str = "auto"
+) -> dict[str, Any]:
+    """Accuracy@k (overall, by frequency group) and loss of a saved run.
+
+    Without `data`: the run's own test split (same data, same seed). With `data`: every patient
+    of that data set, restricted to the codes the run can predict (the rest are counted).
+    """
+    torch_device = resolve_device(device)
+    run = load(run_dir, device=str(torch_device))
+    config = dataclasses.replace(run.config, k=k or run.config.k)
+    vocab = run.vocabulary()
+    groups = run.vocab["group"].to_numpy()
+    dropped = 0
+    if data is None:
+        _, visits = load_training_data(config)
+        patients = split_patients(len(visits.patient_ids), config.seed).test
+        scope = "test split of the training data"
+    else:
+        visits = load_visits(data, run.ontology, columns=config.columns, unknown=config.unknown)
+        visits, dropped = restrict_to_codes(visits, vocab.code_to_class)
+        patients = np.arange(len(visits.patient_ids))
+        scope = f"all patients of {data}"
+    if len(patients) == 0:
+        raise HapnetError(f"{data or run_dir}: no patient with 2+ visits of codes this run knows")
+    result = evaluate_patients(
+        run.model, BatchBuilder(visits, vocab.code_to_class), patients, groups, config, torch_device
+    )
+    return {
+        "run": str(run_dir),
+        "model": config.model,
+        "k": config.k,
+        "scope": scope,
+        "patients": int(len(patients)),
+        "codes_outside_vocabulary": dropped,
+        "data": [list(row) for row in visits.report.as_rows()],
+        "test": result.as_dict(),
+    }

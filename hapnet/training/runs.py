@@ -1,0 +1,289 @@
+"""The run folder: written under a temporary name, renamed into place when complete; read back by `load`.
+
+Layout: config.json (every setting + versions), metrics.json, history.csv (one row per epoch),
+vocab.csv (the observable codes: class, code, description, level, train_count, group),
+checkpoint.pt (best model state_dict, tensors only), code_embeddings.npy (final g of every class).
+
+While a run trains, its `.NAME.partial` folder also holds resume.pt, rewritten atomically after every
+epoch: everything `hapnet train --resume` needs to continue exactly where the run stopped (see
+`save_resume_state`). It is removed once the run is complete and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hapnet import __version__
+from hapnet.data.visits import VisitData
+from hapnet.data.vocabulary import Vocabulary
+from hapnet.errors import HapnetError
+from hapnet.models.predictor import NextVisitModel
+from hapnet.ontology.builtins import load_ontology
+from hapnet.ontology.graph import Ontology
+from hapnet.training.config import TrainConfig
+from hapnet.training.setup import build_model
+
+CONFIG, METRICS, HISTORY, VOCAB, CHECKPOINT, EMBEDDINGS = (
+    "config.json",
+    "metrics.json",
+    "history.csv",
+    "vocab.csv",
+    "checkpoint.pt",
+    "code_embeddings.npy",
+)
+RESUME = "resume.pt"
+DATA_FINGERPRINT = "data_fingerprint"  # key in config.json and metrics.json
+PARTIAL_SUFFIX = ".partial"
+
+
+def versions() -> dict[str, str]:
+    return {
+        "hapnet": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def data_fingerprint(data: VisitData) -> str:
+    """sha256 of the loaded data (patient ids, offsets, codes), whatever the files looked like.
+
+    Cheap (one pass over the arrays) and blind to file layout: a re-compressed or re-ordered
+    file with the same visits has the same fingerprint; one changed code does not.
+    """
+    digest = hashlib.sha256()
+    ids = "\x00".join(str(p) for p in data.patient_ids).encode()
+    for part in (ids, data.patient_offsets, data.visit_offsets, data.codes):
+        raw = part if isinstance(part, bytes) else np.ascontiguousarray(part, dtype=np.int64).tobytes()
+        digest.update(len(raw).to_bytes(8, "little") + raw)  # lengths keep the parts apart
+    return digest.hexdigest()
+
+
+def write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class RunWriter:
+    """Writes a run into `.NAME.partial` beside the target, renamed to NAME by `finish()`."""
+
+    def __init__(self, target: Path, work: Path, force: bool):
+        self.target, self.work, self.force = target, work, force
+
+    @classmethod
+    def start(cls, out: str | Path, config: TrainConfig, *, force: bool = False) -> RunWriter:
+        target = Path(out)
+        if target.exists() and not force:
+            raise HapnetError(f"{target}: already exists (use --force to overwrite it)")
+        work = partial_path(target)
+        if (work / RESUME).is_file() and not force:
+            raise HapnetError(
+                f"{target}: an interrupted run of it is in {work.name}; continue it with "
+                f"`hapnet train --resume {target}`, or use --force to start over"
+            )
+        if work.exists():  # a run killed before its first checkpoint: nothing to keep
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        write_json(work / CONFIG, {**config.to_dict(), "versions": versions()})
+        return cls(target, work, force)
+
+    def save_vocabulary(self, ontology: Ontology, vocab: Any, counts: np.ndarray, groups: np.ndarray) -> None:
+        frame = pd.DataFrame(
+            {
+                "class": np.arange(len(vocab.nodes)),
+                "code": [ontology.ids[i] for i in vocab.nodes],
+                "description": [ontology.descriptions[i] for i in vocab.nodes],
+                "level": ontology.levels[vocab.nodes],
+                "train_count": counts,
+                "group": groups,
+            }
+        )
+        frame.to_csv(self.work / VOCAB, index=False)
+
+    def save_history(self, history: list[dict[str, Any]]) -> None:
+        tmp = self.work / f".{HISTORY}.tmp"
+        pd.DataFrame(history).to_csv(tmp, index=False)
+        os.replace(tmp, self.work / HISTORY)
+
+    def save_model(self, model: NextVisitModel, metrics: dict[str, Any]) -> None:
+        torch.save(model.state_dict(), self.work / CHECKPOINT)
+        with torch.no_grad():
+            model.eval()
+            np.save(self.work / EMBEDDINGS, model.code_embeddings().float().cpu().numpy())
+        write_json(self.work / METRICS, metrics)
+
+    @classmethod
+    def reopen(cls, run_dir: str | Path, *, force: bool = False) -> RunWriter:
+        """The writer of an interrupted run: `run_dir` is its final name or its `.NAME.partial` folder."""
+        path = Path(run_dir)
+        if path.name.startswith(".") and path.name.endswith(PARTIAL_SUFFIX):
+            work, target = path, path.parent / path.name[1 : -len(PARTIAL_SUFFIX)]
+        else:
+            work, target = partial_path(path), path
+        if not work.is_dir():
+            if (target / METRICS).is_file():
+                raise HapnetError(f"{target}: this run is finished; there is nothing to resume")
+            raise HapnetError(f"{path}: no interrupted run to resume (no folder {work})")
+        if not (work / RESUME).is_file():
+            raise HapnetError(
+                f"{work}: no checkpoint to resume from (the run stopped before its first epoch ended); "
+                "train it again"
+            )
+        if target.exists() and not force:
+            raise HapnetError(
+                f"{target}: already exists; resuming {work.name} would replace it (use --force to allow it)"
+            )
+        return cls(target, work, force)
+
+    def saved_config(self) -> TrainConfig:
+        try:
+            return TrainConfig.from_saved(json.loads((self.work / CONFIG).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise HapnetError(f"{self.work / CONFIG}: unreadable run configuration ({exc})") from None
+
+    def save_data_fingerprint(self, fingerprint: str) -> None:
+        """Record in config.json which data this run trains on (checked when it is resumed)."""
+        path = self.work / CONFIG
+        write_json(path, {**json.loads(path.read_text()), DATA_FINGERPRINT: fingerprint})
+
+    def check_data_fingerprint(self, fingerprint: str) -> None:
+        """A resumed run must see the data it started with: same split, vocabulary and batches."""
+        saved = json.loads((self.work / CONFIG).read_text()).get(DATA_FINGERPRINT)
+        if saved is not None and saved != fingerprint:  # None: a run started before fingerprints
+            raise HapnetError(
+                f"{self.target}: the data changed since this run started (fingerprint {saved[:12]}, "
+                f"now {fingerprint[:12]}); train again in a new folder"
+            )
+
+    def save_resume_state(self, state: dict[str, Any]) -> None:
+        """Write resume.pt atomically: a kill at any moment leaves the previous epoch's or this one's."""
+        tmp = self.work / f".{RESUME}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.work / RESUME)
+
+    def load_resume_state(self) -> dict[str, Any]:
+        path = self.work / RESUME
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing error
+            raise HapnetError(f"{path}: cannot load the resume checkpoint ({exc})") from None
+
+    def has_resume_state(self) -> bool:
+        return (self.work / RESUME).is_file()
+
+    def finish(self) -> Path:
+        if self.target.exists():
+            shutil.rmtree(self.target) if self.target.is_dir() else self.target.unlink()
+        os.replace(self.work, self.target)
+        # The run is complete: the resume state (several model copies) is no longer needed.
+        (self.target / RESUME).unlink(missing_ok=True)
+        return self.target
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def partial_path(target: Path) -> Path:
+    """Where a run is written until it is complete: `.NAME.partial` beside NAME."""
+    return target.parent / f".{target.name}{PARTIAL_SUFFIX}"
+
+
+# ----------------------------------------------------------------------------- RNG states
+def rng_states() -> dict[str, Any]:
+    """Every random generator a training step may draw from, as tensors and plain data."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+@dataclass
+class Run:
+    """A trained run read back from its folder: `hapnet.load(run_dir)`."""
+
+    path: Path
+    config: TrainConfig
+    metrics: dict[str, Any]
+    vocab: pd.DataFrame
+    ontology: Ontology
+    model: NextVisitModel
+
+    @property
+    def codes(self) -> list[str]:
+        return self.vocab["code"].tolist()
+
+    def vocabulary(self) -> Vocabulary:
+        nodes = np.array([self.ontology.index(c) for c in self.codes], dtype=np.int64)
+        return Vocabulary.from_nodes(nodes, len(self.ontology))
+
+
+def is_run_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / CONFIG).is_file() and (path / CHECKPOINT).is_file() and (path / VOCAB).is_file()
+
+
+def load(run_dir: str | Path, device: str = "cpu") -> Run:
+    """Read a run folder written by `hapnet train`; the checkpoint loads with weights_only=True."""
+    path = Path(run_dir)
+    if not is_run_dir(path):
+        raise HapnetError(f"{path}: not a hapnet run folder (expected {CONFIG}, {VOCAB} and {CHECKPOINT})")
+    try:
+        config = TrainConfig.from_saved(json.loads((path / CONFIG).read_text()))
+        metrics_path = path / METRICS
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        vocab_frame = pd.read_csv(path / VOCAB, dtype={"code": str}, keep_default_na=False)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise HapnetError(f"{path}: unreadable run folder ({exc})") from None
+    ontology = load_ontology(config.ontology)
+    run = Run(path, config, metrics, vocab_frame, ontology, None)  # type: ignore[arg-type]
+    model = build_model(config, ontology, run.vocabulary())
+    try:
+        state = torch.load(path / CHECKPOINT, map_location=device, weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, OSError, KeyError) as exc:
+        raise HapnetError(f"{path / CHECKPOINT}: cannot load the checkpoint ({exc})") from None
+    model.to(device).eval()
+    run.model = model
+    return run
+
+
+def as_run(run: Run | str | Path, device: str = "cpu") -> Run:
+    """A loaded run as it is, or the run folder `run` loaded (`load`)."""
+    return run if isinstance(run, Run) else load(run, device=device)

@@ -1,0 +1,117 @@
+"""What a training run is made of, from its config: the data (loaded, or the built-in synthetic
+set generated once into the cache), the device, the model (the registry's embedder on the model's
+ontology + the visit GRU), and its GloVe initialisation (cached by content)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hapnet.data.loaders import load_visits
+from hapnet.data.synth import GENERATOR_VERSION, write_synth
+from hapnet.data.visits import VisitData
+from hapnet.data.vocabulary import Vocabulary
+from hapnet.errors import HapnetError
+from hapnet.models.embedder import EmbedderConfig
+from hapnet.models.glove import Cooccurrence, cooccurrence, train_glove
+from hapnet.models.predictor import NextVisitModel
+from hapnet.models.registry import get_model
+from hapnet.ontology.builtins import load_ontology
+from hapnet.ontology.graph import Ontology
+from hapnet.ontology.hierarchy import Hierarchy, ancestor_sets
+from hapnet.training.config import TrainConfig
+from hapnet.utils.cache import cache_dir
+from hapnet.utils.textio import atomic_path
+
+
+def default_data_path(ontology_source: str, patients: int, seed: int = 0) -> Path:
+    """The built-in synthetic data set, generated once into the cache folder."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(ontology_source).name)
+    # The generator version is in the name: a newer hapnet never trains on an older cached set.
+    path = cache_dir() / f"synth-v{GENERATOR_VERSION}-{safe}-{patients}-seed{seed}"
+    if not path.exists():
+        write_synth(path, ontology=ontology_source, patients=patients, seed=seed)
+    return path
+
+
+def load_training_data(config: TrainConfig) -> tuple[Ontology, VisitData]:
+    ontology = load_ontology(config.ontology)
+    path = config.data or default_data_path(config.ontology, config.synth_patients)
+    data = load_visits(path, ontology, columns=config.columns, unknown=config.unknown)
+    if len(data.patient_ids) < 10:
+        raise HapnetError(
+            f"{path}: only {len(data.patient_ids)} patients with 2+ visits; at least 10 are needed to split"
+        )
+    return ontology, data
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HapnetError("--device cuda: no CUDA GPU is available here (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def model_ontology(config: TrainConfig, ontology: Ontology, vocab: Vocabulary) -> Ontology:
+    """The ontology a model of `config` runs on: truncated to `levels`, and with scope "observed"
+    pruned to the observable codes and their ancestors."""
+    used = ontology.truncate(config.levels)
+    return used.prune(vocab.nodes) if config.ontology_scope == "observed" else used
+
+
+def build_model(config: TrainConfig, ontology: Ontology, vocab: Vocabulary) -> NextVisitModel:
+    """The registry's embedder for `config.model` on the model's ontology + the visit GRU.
+    With scope "observed" only the nodes in use get a base embedding (a smaller table)."""
+    spec = get_model(config.model)
+    hierarchy = Hierarchy.from_ontology(model_ontology(config, ontology, vocab))
+    embedder_config = EmbedderConfig(
+        dim=config.dim,
+        attention_dim=config.attention_dim,
+        base_nodes="used" if config.ontology_scope == "observed" else "all",
+    )
+    embedder = spec.embedder(hierarchy, vocab.nodes, embedder_config)
+    return NextVisitModel(embedder, len(vocab), config.dim, config.hidden, config.dropout)
+
+
+def glove_init(model: NextVisitModel, config: TrainConfig, data: VisitData, train: np.ndarray) -> None:
+    """GloVe on the training visits: codes only (RNN+/Rollup+) or codes and ancestors (HAP/GRAM)."""
+    spec = get_model(config.model)
+    ontology = data.ontology.truncate(config.levels)
+    if spec.glove_scope == "ancestors":
+        ancestors = ancestor_sets(ontology)
+    elif spec.glove_scope == "parents":  # Rollup+: the parent rows are the ones Rollup uses
+        ancestors = [frozenset(ontology.parents(i).tolist()) for i in range(len(ontology))]
+    else:
+        ancestors = None
+    subset = data.subset(train)
+    cooc = cooccurrence(subset.visit_offsets, subset.codes, len(ontology), ancestors)
+    model.embedder.init_base(cached_glove(cooc, config.dim, config.glove_epochs, config.seed))
+
+
+def cached_glove(cooc: Cooccurrence, dim: int, epochs: int, seed: int) -> torch.Tensor:
+    """GloVe vectors of a co-occurrence matrix, cached by its content and the settings.
+
+    HAP and GRAM at the same levels (or a re-run, or a resumed sweep) share one GloVe: in a paper
+    reproduction it is most of the time spent before the first epoch.
+    """
+    shape = (cooc.size, cooc.size)
+    digest = hashlib.sha256(f"glove-v1 {shape} {dim} {epochs} {seed}".encode())
+    for part in (cooc.rows.astype(np.int64), cooc.cols.astype(np.int64), cooc.counts.astype(np.float64)):
+        digest.update(part.tobytes())
+    path = cache_dir() / "glove" / f"{digest.hexdigest()[:32]}.npy"
+    if path.exists():
+        try:
+            return torch.from_numpy(np.load(path))
+        except (OSError, ValueError):  # a damaged cache file: compute again
+            pass
+    vectors = train_glove(cooc, dim, epochs=epochs, seed=seed)
+    try:
+        with atomic_path(path, overwrite=True) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, vectors.numpy())
+    except OSError:  # a read-only cache folder only costs the next run the time
+        pass
+    return vectors

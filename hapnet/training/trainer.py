@@ -1,0 +1,322 @@
+"""`train(...)`: data, split, model, training loop, model selection and the run folder.
+
+Follows docs/algorithms.md: patients split 70/10/20 by the seed, accuracy@k overall and by four
+frequency groups, test metrics read at the epoch with the lowest validation loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hapnet.data.batches import BatchBuilder
+from hapnet.data.splits import Split, split_patients, target_counts
+from hapnet.data.visits import VisitData
+from hapnet.data.vocabulary import Vocabulary
+from hapnet.errors import HapnetError
+from hapnet.models.predictor import NextVisitModel
+from hapnet.training.config import TrainConfig, make_config
+from hapnet.training.evaluation import Evaluation, evaluate_patients
+from hapnet.training.metrics import frequency_groups
+from hapnet.training.optim import make_optimizer
+from hapnet.training.runs import RunWriter, data_fingerprint, rng_states, set_rng_states
+from hapnet.training.setup import build_model, glove_init, load_training_data, resolve_device
+from hapnet.training.step import TrainingStep
+
+
+class TrainCallbacks:
+    """Hooks for progress display; the library itself prints nothing."""
+
+    def on_data(self, data: VisitData, split: Split, vocab: Vocabulary) -> None: ...
+
+    def on_epoch_start(self, epoch: int, num_batches: int) -> None: ...
+
+    def on_batch(self, epoch: int, batch_index: int, loss: float) -> None: ...
+
+    def on_epoch_end(self, record: dict[str, Any], is_best: bool) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns and `hapnet train` prints."""
+
+    run_dir: Path | None
+    config: TrainConfig
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    data_report: Any = None
+    model: NextVisitModel | None = field(default=None, repr=False)
+
+
+class TrainingDiverged(HapnetError):
+    """The loss became NaN or infinite; the run folder keeps the last good epoch's checkpoint."""
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    force: bool = False,
+    callbacks: TrainCallbacks | None = None,
+    resume: str | Path | None = None,
+    **settings: Any,
+) -> TrainResult:
+    """Train one model and write its run folder (unless out is None).
+
+    `hapnet.train(model="gram", levels=3, epochs=5, out="runs/gram")` or with a TrainConfig.
+    `hapnet.train(resume="runs/gram")` continues an interrupted run (see `resume`).
+    """
+    if resume is not None:
+        if config is not None or out is not None or settings:
+            raise HapnetError("resume: the run continues with its saved settings; give no other settings")
+        return _resume_run(resume, force=force, callbacks=callbacks)
+    config = config if config is not None else make_config(**settings)
+    config.validate()
+    writer = RunWriter.start(out, config, force=force) if out is not None else None
+    return _run(config, writer, callbacks or TrainCallbacks(), None)
+
+
+def resume(
+    run_dir: str | Path, *, force: bool = False, callbacks: TrainCallbacks | None = None
+) -> TrainResult:
+    """Continue a run that was interrupted (killed, Ctrl-C, diverged) from its last epoch checkpoint.
+
+    `run_dir` is the run's final name or its `.NAME.partial` folder. The run continues with its
+    saved configuration and ends with exactly the metrics an uninterrupted run gets.
+    """
+    writer = RunWriter.reopen(run_dir, force=force)
+    config = writer.saved_config().validate()
+    state = writer.load_resume_state()
+    return _run(config, writer, callbacks or TrainCallbacks(), state)
+
+
+_resume_run = resume  # `train`'s parameter `resume` hides the function
+
+
+def _run(
+    config: TrainConfig, writer: RunWriter | None, callbacks: TrainCallbacks, state: dict[str, Any] | None
+) -> TrainResult:
+    """`_fit` inside the run folder's life cycle: renamed into place when complete.
+
+    On failure the partial folder is removed, unless it holds an epoch checkpoint: then it stays,
+    so that the run can be inspected and resumed.
+    """
+    try:
+        result = _fit(config, callbacks, writer, state)
+        if writer is not None:
+            result.run_dir = writer.finish()
+        return result
+    except BaseException:
+        if writer is not None and not writer.has_resume_state():
+            writer.abandon()
+        raise
+
+
+# ----------------------------------------------------------------------------- one run
+@dataclass
+class _Session:
+    """Everything a run trains with, built from its config and data."""
+
+    config: TrainConfig
+    device: torch.device
+    data: VisitData
+    split: Split
+    vocab: Vocabulary
+    groups: np.ndarray  # frequency group of each class
+    model: NextVisitModel
+    optimizer: torch.optim.Optimizer
+    builder: BatchBuilder
+    step: TrainingStep
+    fingerprint: str
+
+
+@dataclass
+class _Progress:
+    """Where training stands: the epochs done and the best one so far (with its weights)."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"valid_loss": float("inf")})
+
+    @property
+    def next_epoch(self) -> int:
+        return len(self.history) + 1
+
+
+def _prepare(
+    config: TrainConfig, writer: RunWriter | None, fresh: bool, callbacks: TrainCallbacks
+) -> _Session:
+    """Data, split, vocabulary, model (GloVe-initialised for a fresh run) and optimiser."""
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    ontology, data = load_training_data(config)
+    fingerprint = data_fingerprint(data)
+    if writer is not None and fresh:
+        writer.save_data_fingerprint(fingerprint)
+    elif writer is not None:  # other data would continue with another split and vocabulary
+        writer.check_data_fingerprint(fingerprint)
+    split = split_patients(len(data.patient_ids), config.seed)
+    vocab = Vocabulary.from_nodes(np.unique(data.codes), len(ontology))
+    counts = target_counts(data, split.train, vocab.code_to_class, len(vocab))
+    groups = frequency_groups(counts)
+    callbacks.on_data(data, split, vocab)
+    model = build_model(config, ontology, vocab)
+    if config.pretrain == "glove" and fresh:  # a resumed run loads its trained weights
+        glove_init(model, config, data, split.train)
+    model.to(device)
+    if writer is not None and fresh:
+        writer.save_vocabulary(ontology, vocab, counts, groups)
+    return _Session(
+        config=config,
+        device=device,
+        data=data,
+        split=split,
+        vocab=vocab,
+        groups=groups,
+        model=model,
+        optimizer=make_optimizer(config, model),
+        builder=BatchBuilder(data, vocab.code_to_class),
+        step=TrainingStep(model, config.loss, compile=config.compile),
+        fingerprint=fingerprint,
+    )
+
+
+def _restore(session: _Session, state: dict[str, Any], writer: RunWriter) -> _Progress:
+    """Model, optimiser, RNG states and progress from a resume checkpoint."""
+    try:
+        session.model.load_state_dict(state["model"])
+        session.optimizer.load_state_dict(state["optimizer"])
+        progress = _Progress(list(state["history"]), dict(state["best"]))
+        epoch = int(state["epoch"])
+        set_rng_states(state["rng"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise HapnetError(f"{writer.work}: the checkpoint does not match this run's model ({exc})") from None
+    if len(progress.history) != epoch or progress.best.get("epoch") is None:
+        raise HapnetError(f"{writer.work}: inconsistent checkpoint (epoch {epoch})")
+    writer.save_history(progress.history)  # a kill may have come between the checkpoint and history.csv
+    return progress
+
+
+def _train_epoch(
+    session: _Session, epoch: int, callbacks: TrainCallbacks, writer: RunWriter | None
+) -> tuple[float, float]:
+    """One pass over the training patients in this epoch's order: (mean loss per patient, seconds)."""
+    config, model, optimizer = session.config, session.model, session.optimizer
+    model.train()
+    order = np.random.default_rng([config.seed, epoch]).permutation(session.split.train)
+    batches = range(0, len(order), config.batch_size)
+    callbacks.on_epoch_start(epoch, len(batches))
+    started = time.perf_counter()
+    total, seen = 0.0, 0
+    for index, start in enumerate(batches):
+        batch = session.builder.build(order[start : start + config.batch_size]).to(session.device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = session.step(batch)
+        if not torch.isfinite(loss):
+            raise _diverged(loss.item(), epoch, index + 1, writer)
+        optimizer.step()
+        total += loss.item() * batch.num_patients
+        seen += batch.num_patients
+        callbacks.on_batch(epoch, index, loss.item())
+    return total / max(seen, 1), time.perf_counter() - started
+
+
+def _evaluate(session: _Session, patients: np.ndarray) -> Evaluation:
+    return evaluate_patients(
+        session.model, session.builder, patients, session.groups, session.config, session.device
+    )
+
+
+def _checkpoint(session: _Session, progress: _Progress, writer: RunWriter) -> None:
+    # Checkpoint first: a kill after it and before history.csv loses nothing.
+    writer.save_resume_state(
+        {
+            "epoch": len(progress.history),
+            "model": session.model.state_dict(),
+            "optimizer": session.optimizer.state_dict(),
+            "rng": rng_states(),
+            "history": progress.history,
+            "best": progress.best,
+        }
+    )
+    writer.save_history(progress.history)
+
+
+def _fit(
+    config: TrainConfig,
+    callbacks: TrainCallbacks,
+    writer: RunWriter | None,
+    state: dict[str, Any] | None = None,
+) -> TrainResult:
+    session = _prepare(config, writer, state is None, callbacks)
+    progress = _Progress() if state is None else _restore(session, state, writer)  # type: ignore[arg-type]
+    for epoch in range(progress.next_epoch, config.epochs + 1):
+        train_loss, seconds = _train_epoch(session, epoch, callbacks, writer)
+        valid, test = _evaluate(session, session.split.valid), _evaluate(session, session.split.test)
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "valid_loss": valid.loss,
+            "valid_accuracy": valid.accuracy["accuracy"],
+            "test_loss": test.loss,
+            "test_accuracy": test.accuracy["accuracy"],
+            "seconds": seconds,
+        }
+        progress.history.append(record)
+        is_best = valid.loss < progress.best["valid_loss"]
+        if is_best:
+            progress.best = {
+                "valid_loss": valid.loss,
+                "epoch": epoch,
+                "valid": valid.as_dict(),
+                "test": test.as_dict(),
+                "state": copy.deepcopy(session.model.state_dict()),
+            }
+        if writer is not None:
+            _checkpoint(session, progress, writer)
+        callbacks.on_epoch_end(record, is_best)
+
+    if "state" not in progress.best:  # every validation loss was NaN
+        raise HapnetError("no epoch had a finite validation loss; nothing to select (try a lower --lr)")
+    session.model.load_state_dict(progress.best["state"])
+    metrics = _final_metrics(session, progress)
+    if writer is not None:
+        writer.save_model(session.model, metrics)
+    return TrainResult(None, config, metrics, progress.history, session.data.report, session.model)
+
+
+def _final_metrics(session: _Session, progress: _Progress) -> dict[str, Any]:
+    config, best, split = session.config, progress.best, session.split
+    return {
+        "model": config.model,
+        "levels": config.levels,
+        "pretrain": config.pretrain,
+        "k": config.k,
+        "seed": config.seed,
+        "best_epoch": best["epoch"],
+        "epochs": config.epochs,
+        "train_seconds_per_epoch": [r["seconds"] for r in progress.history],
+        "test": best["test"],
+        "valid": best["valid"],
+        "split": {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)},
+        "codes": len(session.vocab),
+        "device": str(session.device),
+        "data_fingerprint": session.fingerprint,  # which data the run used (sha256 of the loaded arrays)
+    }
+
+
+def _diverged(value: float, epoch: int, step: int, writer: RunWriter | None) -> TrainingDiverged:
+    message = f"training diverged: loss is {value} at epoch {epoch}, step {step}"
+    if writer is not None and writer.has_resume_state():
+        message += (
+            f"; {writer.work} keeps the checkpoint of epoch {epoch - 1} to inspect, or to continue with "
+            f"`hapnet train --resume {writer.target}` (the same settings will likely diverge again)"
+        )
+    elif writer is not None:
+        message += "; no epoch completed, so nothing was kept (try a lower --lr)"
+    return TrainingDiverged(message)
