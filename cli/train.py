@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -250,8 +251,6 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Evaluate a saved run: its test split, or all patients of other data."""
-    import json
-
     from hapnet.training.evaluation import evaluate as evaluate_run  # torch: when the command runs
 
     result = evaluate_run(run_dir, data=data, k=k, device=device)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.api import guess_datetime_format
 
 from hapnet.errors import InputError
 
@@ -29,8 +30,6 @@ def parse_times(values: np.ndarray, ids: np.ndarray, source: Path | str, first_l
     parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
     bad = (parsed.isna().to_numpy() | clock) & ~empty
     if bad.any():
-        from pandas.tseries.api import guess_datetime_format
-
         guessed = guess_datetime_format(text[bad].iloc[0])
         if guessed:
             retry = pd.to_datetime(text[bad], errors="coerce", format=guessed, utc=True)

@@ -228,7 +228,7 @@ def top_categories(ontology: Ontology, nodes: np.ndarray) -> tuple[np.ndarray, i
 
 def project_2d(embeddings: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
     """2-D coordinates: t-SNE (PCA to 50 dimensions first), or PCA alone for many codes."""
-    from sklearn.decomposition import PCA
+    from sklearn.decomposition import PCA  # scikit-learn (~1 s to import): only for the embedding map
 
     n = len(embeddings)
     if method not in ("auto", "tsne", "pca"):
@@ -240,7 +240,7 @@ def project_2d(embeddings: np.ndarray, method: str = "auto", seed: int = 0) -> t
         raise HapnetError(f"only {n} codes: too few for a map")
     if method == "pca":
         return PCA(n_components=2, random_state=seed).fit_transform(x), "PCA"
-    from sklearn.manifold import TSNE
+    from sklearn.manifold import TSNE  # as above: loaded only when a t-SNE map is drawn
     from threadpoolctl import threadpool_limits
 
     if x.shape[1] > 50 and n > 50:

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hapnet.errors import HapnetError
-from hapnet.models.propagation import row_dot
 from hapnet.utils.arrays import range_positions
 
 X_MAX = 100.0
@@ -200,7 +199,7 @@ def train_glove(
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             i, j = rows[batch], cols[batch]
-            dot = row_dot(w.index_select(0, i), w_ctx.index_select(0, j))
+            dot = torch.linalg.vecdot(w.index_select(0, i), w_ctx.index_select(0, j))
             diff = dot + b[i] + b_ctx[j] - log_counts[batch]
             scaled = weights[batch] * diff  # dJ/d(w_i . w~_j) per pair
             total += torch.dot(scaled, diff) / 2

@@ -16,7 +16,6 @@ from hapnet.models.propagation import (
     AttentionScorer,
     Candidates,
     attend_candidates,
-    gather_rows,
     weighted_sum,
 )
 from hapnet.ontology.hierarchy import Hierarchy
@@ -102,7 +101,7 @@ class HAPEmbedder(CodeEmbedder):
         stacked: dict = {}  # [W_q; W_k] per kind of table, built once per run
 
         # Base pieces: one gather of every base row the plan reads, split into its pieces.
-        rows = gather_rows(base, plan.base_rows, plan.base_inverse)
+        rows = base.index_select(0, plan.base_rows)
         pieces = rows.split([plan.size(t) for t in plan.base_tables])
         for t, piece in zip(plan.base_tables, pieces, strict=True):
             values[t] = piece
@@ -170,8 +169,7 @@ class HAPEmbedder(CodeEmbedder):
         positions = np.concatenate([part.positions for part in parts])
         if np.array_equal(positions, np.arange(len(positions))):
             return result
-        inverse = torch.from_numpy(positions).to(result.device)  # positions[i]: where row i goes
-        return gather_rows(result, torch.from_numpy(np.argsort(positions)).to(result.device), inverse)
+        return result.index_select(0, torch.from_numpy(np.argsort(positions)).to(result.device))
 
     def explain(self, nodes: Sequence[int] | np.ndarray, chunk: int = 256) -> Tensor:
         """W [len(nodes), num_nodes]: g_c = sum_j W[c, j] e_j, composing the attention weights of

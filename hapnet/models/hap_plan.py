@@ -124,13 +124,7 @@ class HAPPlan(nn.Module):
         self.base_tables = [t for t, table in enumerate(self.tables) if table.from_base]
         nodes = [self.tables[t].nodes for t in self.base_tables]
         base_rows = embedder.rows(np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.int64))
-        inverse = None
-        size = len(embedder.base_nodes)
-        if len(base_rows) == size and len(np.unique(base_rows)) == size:  # every row once
-            inverse = np.empty_like(base_rows)
-            inverse[base_rows] = np.arange(size)
         index_buffer(self, "base_rows", base_rows)
-        index_buffer(self, "base_inverse", inverse)
         index_buffer(self, "final_order", order)
         self.edges = nn.ModuleList(
             nn.ModuleList(

@@ -6,11 +6,10 @@ A target t attends over its candidates j (itself included):
     f(q, k) = u^T tanh(W_q q + W_k k + b)                         (docs/algorithms.md)
 
 W = [W_q, W_k] is split so that `W_q q` and `W_k k` are matrix products over nodes (once per node
-and step); per edge only an add, a tanh and a dot with u remain (`edge_scores`, in chunks; only
-tanh's output is kept for the backward). The softmax runs over segments (all candidates of one
-target, `segment_softmax`); the weighted sum over each target's candidates is one
-`embedding_bag` call (gather, scale and sum without an [edges, dim] intermediate, with a fused
-backward for both the embeddings and the weights). Where every target has exactly one candidate
+and step); per edge only an add, a tanh and a dot with u remain (`edge_scores`). The softmax runs
+over segments (all candidates of one target, `segment_softmax`); the weighted sum over each
+target's candidates is one `embedding_bag` call (gather, scale and sum without an [edges, dim]
+intermediate, with a fused backward for both the embeddings and the weights). Where every target has exactly one candidate
 in each group (HAP's top-down steps on a tree: itself and its parent), the softmax is a dense
 one over a [groups, targets] matrix and the sums are row-aligned: no scatter at all.
 
@@ -19,7 +18,7 @@ one tensor. HAP keeps the embeddings of each level in their own tensors (no step
 embedding table) and attends over a few groups per step; `attend` is the simple form for one
 `hierarchy.Step` over one tensor of candidate embeddings (what GRAM uses).
 
-Only torch operations: the same code runs on the CPU, on CUDA and under torch.compile.
+Only torch operations: the same code runs on the CPU and on CUDA, eagerly or under torch.compile.
 """
 
 from __future__ import annotations
@@ -83,73 +82,6 @@ class AttentionScorer(nn.Module):
 
 
 # ----------------------------------------------------------------------------- per-edge ops
-EDGE_CHUNK = 4096  # edges per chunk on CPU: the [chunk, attention_dim] temporaries stay in cache
-
-
-class _EdgeScores(torch.autograd.Function):
-    """s_e = u . tanh(query_proj[target_e] + key_proj[source_e]) for every edge, in chunks.
-
-    The [chunk, attention_dim] sums never exist for all edges at once; tanh of them is kept for
-    the backward (one [edges, attention_dim] tensor) only when a gradient is needed.
-    `target` / `source` None mean edge e uses row e.
-    """
-
-    @staticmethod
-    def forward(
-        ctx,
-        query_proj: Tensor,
-        key_proj: Tensor,
-        u: Tensor,
-        target: Tensor | None,
-        source: Tensor | None,
-        num_edges: int,
-        chunk: int,
-    ) -> Tensor:
-        keep = any(ctx.needs_input_grad[:3])
-        tanh_all = query_proj.new_empty((num_edges, u.shape[0])) if keep else None
-        scores = query_proj.new_empty(num_edges)
-        for start in range(0, num_edges, chunk):
-            end = min(start + chunk, num_edges)
-            z = _edge_sum(query_proj, key_proj, target, source, start, end)
-            th = torch.tanh(z, out=tanh_all[start:end]) if tanh_all is not None else z.tanh_()
-            torch.mv(th, u, out=scores[start:end])
-        ctx.save_for_backward(tanh_all, u, target, source)
-        ctx.shapes, ctx.chunk = (query_proj.shape, key_proj.shape), chunk
-        return scores
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        tanh_all, u, target, source = ctx.saved_tensors
-        query_shape, key_shape = ctx.shapes
-        grad_query, grad_key = u.new_zeros(query_shape), u.new_zeros(key_shape)
-        grad_u = torch.mv(tanh_all.t(), grad)
-        for start in range(0, len(tanh_all), ctx.chunk):
-            end = min(start + ctx.chunk, len(tanh_all))
-            th = tanh_all[start:end]
-            dz = torch.mul(th, th).neg_().add_(1).mul_(grad[start:end].unsqueeze(1)).mul_(u)  # d s / d z
-            if target is None:
-                grad_query[start:end] += dz
-            else:
-                grad_query.index_add_(0, target[start:end], dz)
-            if source is None:
-                grad_key[start:end] += dz
-            else:
-                grad_key.index_add_(0, source[start:end], dz)
-        return grad_query, grad_key, grad_u, None, None, None, None
-
-
-def _edge_sum(
-    query_proj: Tensor, key_proj: Tensor, target: Tensor | None, source: Tensor | None, start: int, end: int
-) -> Tensor:
-    """A fresh [end - start, a] tensor: query_proj[target_e] + key_proj[source_e]."""
-    query = query_proj[start:end] if target is None else query_proj.index_select(0, target[start:end])
-    if source is None:
-        return query + key_proj[start:end] if target is None else query.add_(key_proj[start:end])
-    key = key_proj.index_select(0, source[start:end])
-    return key.add_(query)
-
-
 def edge_scores(
     query_proj: Tensor, key_proj: Tensor, u: Tensor, target: Tensor | None, source: Tensor | None
 ) -> Tensor:
@@ -157,62 +89,14 @@ def edge_scores(
 
     Computed in u's precision: under autocast the projections may arrive in bf16/fp16.
     """
-    num_edges = len(target) if target is not None else len(source) if source is not None else len(query_proj)
-    chunk = EDGE_CHUNK if query_proj.device.type == "cpu" else max(num_edges, 1)
     with torch.autocast(query_proj.device.type, enabled=False):
-        query_proj, key_proj = query_proj.to(u.dtype), key_proj.to(u.dtype)
-        return _EdgeScores.apply(query_proj, key_proj, u, target, source, num_edges, chunk)
-
-
-def row_dot(a: Tensor, b: Tensor, chunk: int = 8192) -> Tensor:
-    """(a * b).sum(-1) for [T, d] tensors, in row chunks so the product stays small."""
-    if a.shape[0] <= chunk:
-        return torch.linalg.vecdot(a, b)
-    return torch.cat([torch.linalg.vecdot(x, y) for x, y in zip(a.split(chunk), b.split(chunk), strict=True)])
-
-
-class _ScaleRows(torch.autograd.Function):
-    """values * weight[:, None]; the weight gradient is a chunked row dot (no [T, d] temporary)."""
-
-    @staticmethod
-    def forward(ctx, values: Tensor, weight: Tensor) -> Tensor:
-        ctx.save_for_backward(values, weight)
-        return values * weight.unsqueeze(-1)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        values, weight = ctx.saved_tensors
-        grad_values = grad * weight.unsqueeze(-1) if ctx.needs_input_grad[0] else None
-        grad_weight = row_dot(grad, values) if ctx.needs_input_grad[1] else None
-        return grad_values, grad_weight
-
-
-def scale_rows(values: Tensor, weight: Tensor) -> Tensor:
-    """values [T, d] * weight [T] per row (differentiable in both)."""
-    return _ScaleRows.apply(values, weight)
-
-
-class _PermuteRows(torch.autograd.Function):
-    """table[index] for an index that holds every row once: the backward is the inverse
-    permutation (a gather), not a zero-fill plus scatter-add."""
-
-    @staticmethod
-    def forward(ctx, table: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
-        ctx.save_for_backward(inverse)
-        return table.index_select(0, index)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        (inverse,) = ctx.saved_tensors
-        return grad.index_select(0, inverse), None, None
-
-
-def gather_rows(table: Tensor, index: Tensor, inverse: Tensor | None = None) -> Tensor:
-    """table.index_select(0, index); pass `inverse` (inverse[index] = arange) when index is a
-    permutation of all rows, for a faster backward."""
-    if inverse is not None:
-        return _PermuteRows.apply(table, index, inverse)
-    return table.index_select(0, index)
+        query = query_proj.to(u.dtype)
+        key = key_proj.to(u.dtype)
+        if target is not None:
+            query = query.index_select(0, target)
+        if source is not None:
+            key = key.index_select(0, source)
+        return torch.tanh(query + key) @ u
 
 
 # ----------------------------------------------------------------------------- edges
@@ -274,9 +158,9 @@ class EdgeIndex(nn.Module):
     def weighted_sum(self, weight: Tensor, values: Tensor) -> Tensor:
         """out [T, d]: out_t = sum over candidates e of t of weight_e * values[source_e]."""
         if self.source is None:  # self candidates: row t of values belongs to target t
-            return scale_rows(values, weight)
+            return values * weight.unsqueeze(-1)
         if self.target is None:  # one candidate per target: a gather, not bags of one
-            return scale_rows(values.index_select(0, self.source), weight)
+            return values.index_select(0, self.source) * weight.unsqueeze(-1)
         offsets = self.positions if self.offsets is None else self.offsets
         return F.embedding_bag(self.source, values, offsets, mode="sum", per_sample_weights=weight)
 

@@ -9,6 +9,7 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,7 @@ def _build_icd10cm() -> Ontology:
     names are both a block and a category (`B10`), for which the package's get_parent is
     ambiguous; empty "header" blocks (`C00-C96`) with no children are dropped.
     """
-    try:
+    try:  # a heavy import (the whole ICD-10-CM XML): only when this built-in is first built
         import simple_icd_10_cm as cm
     except ImportError:  # pragma: no cover - it is a declared dependency
         raise HapnetError("icd10cm needs simple-icd-10-cm: pip install simple-icd-10-cm") from None
@@ -148,8 +149,6 @@ def _file_key(*filenames: str) -> Callable[[], str]:
 
 
 def _icd10cm_key() -> str:
-    from importlib.metadata import version
-
     return "simple-icd-10-cm-" + version("simple-icd-10-cm")
 
 

@@ -1,14 +1,17 @@
 """One training step (forward, loss, backward), run eagerly or through `torch.compile`.
 
-`--compile` is an option, never a requirement: where compiling fails (no C++ compiler for
-inductor's CPU code, an operation dynamo cannot trace, an old GPU), the step warns once and runs
-eagerly from then on. The eager step is the same torch code on every device.
+`--compile` is an option, never a requirement. The step is compiled in two pieces, each on its
+own: the code embedder (the batch's code embeddings) and the predictor with the loss. Where a
+piece fails to compile (no C++ compiler for inductor's CPU code, an operation inductor cannot
+generate, an old GPU), it warns once and runs eagerly from then on; the other piece stays
+compiled. The eager step is the same torch code on every device.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -17,45 +20,63 @@ from hapnet.models.losses import next_visit_loss
 from hapnet.models.predictor import DIAGNOSIS, NextVisitModel
 
 
-def batch_loss(model: NextVisitModel, batch: Batch, loss: str) -> torch.Tensor:
-    """The training loss of one batch (the mean over its patients)."""
-    return next_visit_loss(model(batch)[DIAGNOSIS], batch, loss)
-
-
 def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+class CompiledOrEager:
+    """`function` through `torch.compile` (dynamic shapes: batches differ in patients, steps and
+    codes), falling back to `function` itself, with one warning, the first time compiling fails."""
+
+    def __init__(self, function: Callable[..., Any], name: str, compile: bool):
+        self.function, self.name = function, name
+        self.compiled: Callable[..., Any] | None = torch.compile(function, dynamic=True) if compile else None
+
+    def give_up(self, error: BaseException) -> None:
+        self.compiled = None
+        warnings.warn(
+            f"torch.compile failed for the {self.name} ({first_line(error)}); running it eagerly",
+            stacklevel=3,
+        )
+
+    def __call__(self, *args: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as error:  # any compile failure: this piece runs eagerly from now on
+                self.give_up(error)
+        return self.function(*args)
+
+
 class TrainingStep:
     """`step(batch)` computes the loss and its gradients (the caller zeroes them first and steps
-    the optimiser after): compiled when asked and possible, else eagerly."""
+    the optimiser after): the two pieces compiled when asked and possible, else eagerly."""
 
     def __init__(self, model: NextVisitModel, loss: str, compile: bool = False):
         self.model, self.loss = model, loss
-        self._compiled: Callable[[Batch], torch.Tensor] | None = None
-        if compile:
-            # dynamic: batches differ in patients, steps and codes; one graph serves them all.
-            self._compiled = torch.compile(self._loss, dynamic=True)
+        self.embed = CompiledOrEager(model.batch_embeddings, "code embedder", compile)
+        self.predict = CompiledOrEager(self._predictor_loss, "predictor and loss", compile)
 
-    @property
-    def compiled(self) -> bool:
-        return self._compiled is not None
+    def _predictor_loss(self, batch: Batch, g: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return next_visit_loss(self.model.read_visits(batch, g, codes)[DIAGNOSIS], batch, self.loss)
 
-    def _loss(self, batch: Batch) -> torch.Tensor:
-        return batch_loss(self.model, batch, self.loss)
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """The training loss of one batch (the mean over its patients)."""
+        return self.predict(batch, *self.embed(batch))
 
     def __call__(self, batch: Batch) -> torch.Tensor:
-        if self._compiled is not None:
-            try:
-                loss = self._compiled(batch)
-                if torch.isfinite(loss):
-                    loss.backward()
-                return loss
-            except Exception as error:  # any compile failure: warn once, then train eagerly
-                self._compiled = None
-                self.model.zero_grad(set_to_none=True)  # a failed backward may have left some
-                warnings.warn(f"torch.compile failed ({first_line(error)}); training eagerly", stacklevel=2)
-        loss = self._loss(batch)
-        if torch.isfinite(loss):
+        loss = self.forward(batch)
+        if not torch.isfinite(loss):
+            return loss  # the caller stops; no gradient to compute
+        pieces = [piece for piece in (self.embed, self.predict) if piece.compiled is not None]
+        try:
+            loss.backward()
+        except Exception as error:  # a compiled backward that fails: redo the step eagerly
+            if not pieces:
+                raise
+            for piece in pieces:
+                piece.give_up(error)
+            self.model.zero_grad(set_to_none=True)
+            loss = self.forward(batch)
             loss.backward()
         return loss

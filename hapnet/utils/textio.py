@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import shutil
 import tempfile
 import warnings
 import zlib
@@ -90,8 +91,6 @@ def atomic_path(target: str | Path, *, overwrite: bool = False) -> Iterator[Path
 
 def _remove(path: Path) -> None:
     if path.is_dir():
-        import shutil
-
         shutil.rmtree(path)
     else:
         path.unlink()

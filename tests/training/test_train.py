@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from testdata import DATA
 from typer.testing import CliRunner
 
 import hapnet
@@ -17,7 +18,6 @@ from hapnet.cli.main import app
 from hapnet.data.synth import write_synth
 from hapnet.models.registry import MODELS
 
-DATA = Path(__file__).parent / "data"
 TINY = ["--epochs", "2", "--dim", "16", "--hidden", "16", "--attention-dim", "8", "--device", "cpu"]
 runner = CliRunner()
 

@@ -9,11 +9,9 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+from testdata import BENCHMARKS
 
 
 def run_script(name: str, *args: str) -> str:

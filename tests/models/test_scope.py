@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_models import random_dag
+from test_embedders import random_dag
 
 from hapnet.data.vocabulary import Vocabulary
 from hapnet.errors import HapnetError
@@ -152,7 +152,7 @@ def test_training_config_scope_sizes_the_table_and_old_runs_load_as_full() -> No
 
 
 def test_cli_records_the_scope_and_trains_on_it(tmp_path: Path) -> None:
-    from test_predict import write_tiny_data
+    from tiny import write_tiny_data
     from typer.testing import CliRunner
 
     from hapnet.cli.main import app

@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
+from testdata import DATA
 from typer.testing import CliRunner
 
 from hapnet.cli.main import app
@@ -38,7 +39,6 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-DATA = Path(__file__).parent / "data"
 # ROOT; 401, 250; 4019, 4011, 2500, 2501 (as in test_visits.py)
 TINY = Ontology.from_edges("tiny", [("401", "4019"), ("401", "4011"), ("250", "2500"), ("250", "2501")])
 # The shape of the built-in `icd9-icd10`: two system nodes, namespaced codes below them.

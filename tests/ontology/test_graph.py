@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from testdata import ONTOLOGY_FILES as DATA
 
 from hapnet.errors import InputError
 from hapnet.ontology.builtins import load_ontology, read_cached_ontology, save_ontology
 from hapnet.ontology.formats import parse_ontology_text
 from hapnet.ontology.graph import EXACT, MAPPED, ROOT, UNKNOWN, Ontology
 from hapnet.utils.cache import cache_dir
-
-DATA = Path(__file__).parent / "data" / "ontology"
 
 
 def edge_set(onto: Ontology) -> set[tuple[str, str]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_predict import build_tiny_run, hapnet
+from tiny import build_tiny_run, hapnet
 
 from hapnet.errors import HapnetError
 from hapnet.inspect.explain import explain_code

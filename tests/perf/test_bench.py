@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from testdata import ONTOLOGY_FILES
 from typer.testing import CliRunner
 
 import hapnet
@@ -32,7 +32,7 @@ from hapnet.perf.naive import (
     padded_candidates,
 )
 
-CCS_SMALL = Path(__file__).parent / "data" / "ontology" / "ccs_small.csv"
+CCS_SMALL = ONTOLOGY_FILES / "ccs_small.csv"
 SMALL = EmbedderConfig(dim=6, attention_dim=4, init_std=1.0)
 runner = CliRunner()
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score
+from testdata import ONTOLOGY_FILES
 from typer.testing import CliRunner
 
 import hapnet
@@ -134,7 +135,7 @@ def test_sampled_relations_keep_their_rows(tree: Ontology):
 
 
 def test_relations_of_a_dag():
-    onto = hapnet.load_ontology(Path(__file__).parent / "data" / "ontology" / "dag.csv")
+    onto = hapnet.load_ontology(ONTOLOGY_FILES / "dag.csv")
     nodes = np.arange(1, len(onto))
     truth = relations(onto, nodes, "edges")
     row = {onto.ids[n]: i for i, n in enumerate(nodes)}

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from testdata import MIMIC3, MIMIC4
 
 import hapnet
 from hapnet.data import csv_stream
@@ -18,10 +19,6 @@ from hapnet.data.long_csv import parse_columns
 from hapnet.data.visits import DataReport, VisitData
 from hapnet.errors import HapnetError, InputError
 from hapnet.ontology.graph import Ontology
-
-DATA = Path(__file__).parent / "data"
-MIMIC3 = DATA / "mimic3-demo"
-MIMIC4 = DATA / "mimic4-demo"
 
 
 @pytest.fixture(scope="module")

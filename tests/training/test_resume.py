@@ -406,8 +406,6 @@ def test_data_fingerprint_sees_every_array(small: dict):
     ids = data.patient_ids.astype(object)
     ids[0] = "someone else"
     changed.append(
-        hapnet.VisitData(
-            ontology, ids, data.patient_offsets, data.visit_offsets, data.codes, data.report
-        )
+        hapnet.VisitData(ontology, ids, data.patient_offsets, data.visit_offsets, data.codes, data.report)
     )
     assert len({base, *map(data_fingerprint, changed)}) == 1 + len(changed)

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from testdata import ONTOLOGY_FILES as DATA
 from typer.testing import CliRunner
 
 from hapnet.cli.main import app
 
-DATA = Path(__file__).parent / "data" / "ontology"
 runner = CliRunner()
 
 

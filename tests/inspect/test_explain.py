@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_predict import build_tiny_run, hapnet
+from tiny import build_tiny_run, hapnet
 
 from hapnet.errors import HapnetError
 from hapnet.inspect.explain import code_weights, explain_code, relations
