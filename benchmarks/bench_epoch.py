@@ -2,14 +2,16 @@
 against its arithmetic floor (FLOPs / this machine's measured matmul speed) and, with `--naive`,
 against the naive reference port of `hapnet bench`.
 
-    python benchmarks/bench_epoch.py [--model hap] [--patients 7500] [--epochs 2] [--naive] [--phases] [--bound]
+    python benchmarks/bench_epoch.py [--model hap] [--patients 7500] [--epochs 2] [--naive]
+                                     [--phases] [--bound]
 
 Prints the data shape, seconds per epoch (the fastest after the first, and the first against it),
 the epoch's FLOPs, the floor, and the ratio: each epoch against the matmul speed measured beside it,
 the median over the epochs after the first. `--naive` then times whole epochs of training steps
 (the same batches in the same order, the same settings) of hapnet's model and of the naive port,
-alternated in this process, and prints the speed-up. A step embeds only its batch's codes, so the floor counts the propagation
-those need; the ratio with every code embedded at every step is printed too.
+alternated in this process, and prints the speed-up. A step embeds only its batch's codes, so the
+floor counts the propagation those need; the ratio with every code embedded at every step is
+printed too.
 `--phases` also times one more epoch's steps phase by phase (embedder forward, predictor + loss
 forward, backward, optimiser). `--bound` prints what a step cannot go below on this machine
 with these libraries: its own matrix products replayed at their shapes, the optimiser's update at
@@ -32,10 +34,10 @@ from hapnet.data.batches import BatchBuilder
 from hapnet.data.loaders import load_visits
 from hapnet.data.splits import split_patients
 from hapnet.data.vocabulary import Vocabulary
+from hapnet.models.embedder import EmbedderConfig
 from hapnet.models.losses import next_visit_loss
 from hapnet.models.predictor import DIAGNOSIS
 from hapnet.ontology.hierarchy import Hierarchy
-from hapnet.models.embedder import EmbedderConfig
 from hapnet.perf.flops import BACKWARD_FACTOR, matmul_gflops, predictor_flops, propagation_flops
 from hapnet.perf.naive import NAIVE_EMBEDDERS, NaiveNextVisitModel, naive_loss, pad_matrix
 from hapnet.perf.timing import time_interleaved
@@ -54,6 +56,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--ontology-scope", choices=["observed", "full"], help="override the preset's")
+    parser.add_argument("--compile", action="store_true", help="train with --compile (torch.compile)")
     parser.add_argument("--naive", action="store_true", help="time epochs of the naive port beside ours")
     parser.add_argument("--naive-repeats", type=int, default=1, help="alternated epochs of each (--naive)")
     parser.add_argument("--phases", action="store_true", help="time the phases of a step too")
@@ -69,6 +72,7 @@ def main() -> None:
         epochs=args.epochs,
         ontology_scope=args.ontology_scope,
         device="cpu",
+        compile=args.compile,
     )
     ontology = hapnet.load_ontology(args.ontology)
     data = load_visits(data_path, ontology)
@@ -153,7 +157,7 @@ def time_naive_epochs(config, ontology, vocab, data, train, repeats: int) -> dic
     chunks = [order[start : start + config.batch_size] for start in range(0, len(order), config.batch_size)]
     hierarchy = Hierarchy.from_ontology(model_ontology(config, ontology, vocab))
     ours = build_model(config, ontology, vocab)
-    ours_optimizer, ours_step = make_optimizer(config, ours), TrainingStep(ours, config.loss)
+    ours_step = TrainingStep(ours, make_optimizer(config, ours), config.loss)
     builder = BatchBuilder(data, vocab.code_to_class)
     reference = NaiveNextVisitModel(
         NAIVE_EMBEDDERS[config.model](
@@ -169,9 +173,7 @@ def time_naive_epochs(config, ontology, vocab, data, train, repeats: int) -> dic
 
     def ours_epoch() -> None:
         for patients in chunks:
-            ours_optimizer.zero_grad(set_to_none=True)
             ours_step(builder.build(patients))
-            ours_optimizer.step()
 
     def naive_epoch() -> None:
         for patients in chunks:

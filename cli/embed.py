@@ -12,12 +12,14 @@ from rich.table import Table
 
 import hapnet
 from hapnet.cli.common import console, loss_progress, user_errors
+from hapnet.embeddings.config import EmbedConfig
 from hapnet.errors import InputError
 from hapnet.utils.textio import atomic_path
 
 if TYPE_CHECKING:  # torch and pandas load only when a command runs
     from hapnet.embeddings.structure import EmbedResult
 
+DEFAULTS = EmbedConfig()  # the library's defaults, shown in the help
 OUT_HELP = (
     "Output file; the format follows the suffix: .parquet/.csv (code, description, level, is_leaf, "
     "e0..e{D-1}), .npy (+ .codes.txt), .txt/.w2v (word2vec text), .tsv (TensorBoard projector + "
@@ -31,13 +33,18 @@ def embed(
         str, typer.Argument(help="Built-in ontology name (see `hapnet ontology list`) or a file.")
     ],
     out: Annotated[Path | None, typer.Option("-o", "--out", help=OUT_HELP)] = None,
-    dim: Annotated[int | None, typer.Option(help="Embedding size d (default 128).")] = None,
+    dim: Annotated[int | None, typer.Option(help=f"Embedding size d (default {DEFAULTS.dim}).")] = None,
     levels: Annotated[int | None, typer.Option(help="HAP propagates over the lowest K levels only.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Full-batch training steps (default 10).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (default 0).")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default auto).")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help=f"Full-batch training steps (default {DEFAULTS.epochs}).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help=f"Random seed (default {DEFAULTS.seed}).")] = None,
+    device: Annotated[
+        str | None, typer.Option(help=f"auto, cpu or cuda (default {DEFAULTS.device}).")
+    ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Embedder from `hapnet models` (default hap; rnn = no propagation).")
+        str | None,
+        typer.Option(help=f"Embedder from `hapnet models` (default {DEFAULTS.model}; rnn = no propagation)."),
     ] = None,
     from_run: Annotated[
         Path | None,

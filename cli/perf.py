@@ -11,7 +11,10 @@ from rich import box
 from rich.table import Table
 
 from hapnet.cli.common import console, err_console, user_errors
-from hapnet.cli.train import RichCallbacks
+from hapnet.cli.train import DEFAULTS, RichCallbacks
+from hapnet.training.config import ONTOLOGY_SCOPES, PRESETS
+
+PAPER = PRESETS["paper"]
 
 NOISY_SPREAD = 1.5  # slowest / fastest repeat above this: warn that the figures are unsteady
 PART_LABELS = {"propagation": "propagation", "train_step": "train step"}
@@ -53,43 +56,48 @@ def bench_table(result: dict[str, Any]) -> Table:
 
 @user_errors
 def bench(
-    ontology: Annotated[str, typer.Option(help="Built-in ontology name or ontology file.")] = "icd9-ccs",
-    model: Annotated[str, typer.Option(help="hap, gram or both.")] = "both",
-    dim: Annotated[int, typer.Option(help="Code embedding size d.")] = 400,
-    attention_dim: Annotated[int, typer.Option("--attention-dim", help="Attention size a.")] = 100,
-    hidden: Annotated[int, typer.Option(help="GRU hidden size.")] = 400,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Patients per training step.")] = 100,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    repeats: Annotated[int, typer.Option(help="Timed runs (median) after one warm-up run.")] = 5,
-    patients: Annotated[int, typer.Option(help="Synthetic patients (sets the code vocabulary).")] = 7500,
+    ontology: Annotated[str | None, typer.Option(help="Built-in ontology name or ontology file.")] = None,
+    model: Annotated[str | None, typer.Option(help="hap, gram or both.")] = None,
+    dim: Annotated[int | None, typer.Option(help="Code embedding size d.")] = None,
+    attention_dim: Annotated[int | None, typer.Option("--attention-dim", help="Attention size a.")] = None,
+    hidden: Annotated[int | None, typer.Option(help="GRU hidden size.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Patients per training step.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Timed runs (median) after one warm-up run.")] = None,
+    patients: Annotated[
+        int | None, typer.Option(help="Synthetic patients (sets the code vocabulary).")
+    ] = None,
     matmul_size: Annotated[
-        int, typer.Option("--matmul-size", help="n of the n x n matmul that measures peak GFLOP/s.")
-    ] = 2048,
+        int | None, typer.Option("--matmul-size", help="n of the n x n matmul that measures peak GFLOP/s.")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
     clock: Annotated[
-        str, typer.Option(help="wall, or cpu: process CPU time (steadier on a shared machine).")
-    ] = "wall",
+        str | None, typer.Option(help="wall, or cpu: process CPU time (steadier on a shared machine).")
+    ] = None,
     naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Also time the naive reference.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Time propagation and one training step of HAP / GRAM against the naive reference port."""
+    """Time propagation and one training step of HAP / GRAM against the naive reference port
+    (defaults: the paper's sizes on MIMIC-III-sized synthetic data, `hapnet.bench`'s)."""
     from hapnet.perf.bench import bench as run_bench  # torch: when the command runs
 
-    result = run_bench(
-        ontology=ontology,
-        model=model,
-        dim=dim,
-        attention_dim=attention_dim,
-        hidden=hidden,
-        batch_size=batch_size,
-        device=device,
-        repeats=repeats,
-        patients=patients,
-        naive=naive,
-        threads=threads,
-        clock=clock,
-        matmul_size=matmul_size,
-    )
+    given = {
+        "ontology": ontology,
+        "model": model,
+        "dim": dim,
+        "attention_dim": attention_dim,
+        "hidden": hidden,
+        "batch_size": batch_size,
+        "device": device,
+        "repeats": repeats,
+        "patients": patients,
+        "threads": threads,
+        "clock": clock,
+        "matmul_size": matmul_size,
+    }
+    result = run_bench(naive=naive, **{name: value for name, value in given.items() if value is not None})
     if as_json:
         print(json.dumps(result))
         return
@@ -114,19 +122,31 @@ def reproduce(
         str | None,
         typer.Option(help="Subset, e.g. hap,gram,rnn+ (default: all ten, keys above)."),
     ] = None,
-    ontology: Annotated[str, typer.Option(help="Built-in ontology name or ontology file.")] = "icd9-ccs",
+    ontology: Annotated[
+        str, typer.Option(help="Built-in ontology name or ontology file.")
+    ] = DEFAULTS.ontology,
     preset: Annotated[
         str, typer.Option(help="paper: the paper's settings; default: hapnet train's defaults.")
     ] = "paper",
-    epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs (paper: 50).")] = None,
-    dim: Annotated[int | None, typer.Option(help="Override d = 400.")] = None,
-    hidden: Annotated[int | None, typer.Option(help="Override GRU hidden = 400.")] = None,
-    attention_dim: Annotated[int | None, typer.Option("--attention-dim", help="Override a = 100.")] = None,
-    glove_epochs: Annotated[int | None, typer.Option("--glove-epochs", help="Override GloVe's 50.")] = None,
-    ontology_scope: Annotated[
-        str | None, typer.Option("--ontology-scope", help="Override: observed (default) or full.")
+    epochs: Annotated[
+        int | None, typer.Option(help=f"Override the preset's epochs (paper: {PAPER['epochs']}).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    dim: Annotated[int | None, typer.Option(help=f"Override d = {PAPER['dim']}.")] = None,
+    hidden: Annotated[int | None, typer.Option(help=f"Override GRU hidden = {PAPER['hidden']}.")] = None,
+    attention_dim: Annotated[
+        int | None, typer.Option("--attention-dim", help=f"Override a = {PAPER['attention_dim']}.")
+    ] = None,
+    glove_epochs: Annotated[
+        int | None, typer.Option("--glove-epochs", help=f"Override GloVe's {DEFAULTS.glove_epochs}.")
+    ] = None,
+    ontology_scope: Annotated[
+        str | None,
+        typer.Option(
+            "--ontology-scope",
+            help=f"Override: {' or '.join(ONTOLOGY_SCOPES)} (default {PAPER['ontology_scope']}).",
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = DEFAULTS.device,
     threads: Annotated[
         int | None,
         typer.Option(help="torch CPU threads (default: torch's; give 1 to each of several processes)."),

@@ -42,7 +42,7 @@ _LAZY = {
     "explain_code": "hapnet.inspect.explain",
     "plot_runs": "hapnet.inspect.plots",
     "embed": "hapnet.embeddings.structure",
-    "EmbedConfig": "hapnet.embeddings.structure",
+    "EmbedConfig": "hapnet.embeddings.config",
     "neighbors": "hapnet.embeddings.neighbors",
     "read_embeddings": "hapnet.embeddings.formats",
     "write_embeddings": "hapnet.embeddings.formats",

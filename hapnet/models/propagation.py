@@ -9,9 +9,10 @@ W = [W_q, W_k] is split so that `W_q q` and `W_k k` are matrix products over nod
 and step); per edge only an add, a tanh and a dot with u remain (`edge_scores`). The softmax runs
 over segments (all candidates of one target, `segment_softmax`); the weighted sum over each
 target's candidates is one `embedding_bag` call (gather, scale and sum without an [edges, dim]
-intermediate, with a fused backward for both the embeddings and the weights). Where every target has exactly one candidate
-in each group (HAP's top-down steps on a tree: itself and its parent), the softmax is a dense
-one over a [groups, targets] matrix and the sums are row-aligned: no scatter at all.
+intermediate, with a fused backward for both the embeddings and the weights). Where every
+target has exactly one candidate in each group (HAP's top-down steps on a tree: itself and its
+parent), the softmax is a dense one over a [groups, targets] matrix and the sums are
+row-aligned: no scatter at all.
 
 Candidates come in groups (`Candidates`): the candidates of one group have their embeddings in
 one tensor. HAP keeps the embeddings of each level in their own tensors (no step copies the whole

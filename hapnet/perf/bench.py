@@ -143,15 +143,10 @@ def _measure(
             embedder.zero_grad(set_to_none=True)
             embedder().backward(grad)
 
-        ours_training_step = TrainingStep(ours, config.loss)
+        ours_training_step = TrainingStep(ours, ours_opt, config.loss)
 
-        def ours_step(
-            step: TrainingStep = ours_training_step, optimizer: torch.optim.Optimizer = ours_opt
-        ) -> None:
-            on_device = builder.build(chosen).to(torch_device)
-            optimizer.zero_grad(set_to_none=True)
-            step(on_device)
-            optimizer.step()
+        def ours_step(step: TrainingStep = ours_training_step) -> None:
+            step(builder.build(chosen).to(torch_device))
 
         propagation = {"ours": ours_propagation}
         step = {"ours": ours_step}

@@ -169,6 +169,7 @@ def _prepare(
     if config.pretrain == "glove" and fresh:  # a resumed run loads its trained weights
         glove_init(model, config, data, split.train)
     model.to(device)
+    optimizer = make_optimizer(config, model)
     if writer is not None and fresh:
         writer.save_vocabulary(ontology, vocab, counts, groups)
     return _Session(
@@ -179,9 +180,9 @@ def _prepare(
         vocab=vocab,
         groups=groups,
         model=model,
-        optimizer=make_optimizer(config, model),
+        optimizer=optimizer,
         builder=BatchBuilder(data, vocab.code_to_class),
-        step=TrainingStep(model, config.loss, compile=config.compile),
+        step=TrainingStep(model, optimizer, config.loss, compile=config.compile),
         fingerprint=fingerprint,
     )
 
@@ -206,8 +207,8 @@ def _train_epoch(
     session: _Session, epoch: int, callbacks: TrainCallbacks, writer: RunWriter | None
 ) -> tuple[float, float]:
     """One pass over the training patients in this epoch's order: (mean loss per patient, seconds)."""
-    config, model, optimizer = session.config, session.model, session.optimizer
-    model.train()
+    config = session.config
+    session.model.train()
     order = np.random.default_rng([config.seed, epoch]).permutation(session.split.train)
     batches = range(0, len(order), config.batch_size)
     callbacks.on_epoch_start(epoch, len(batches))
@@ -215,11 +216,9 @@ def _train_epoch(
     total, seen = 0.0, 0
     for index, start in enumerate(batches):
         batch = session.builder.build(order[start : start + config.batch_size]).to(session.device)
-        optimizer.zero_grad(set_to_none=True)
         loss = session.step(batch)
         if not torch.isfinite(loss):
             raise _diverged(loss.item(), epoch, index + 1, writer)
-        optimizer.step()
         total += loss.item() * batch.num_patients
         seen += batch.num_patients
         callbacks.on_batch(epoch, index, loss.item())

@@ -1,5 +1,6 @@
-"""One training step, eager or compiled: the same loss and gradients as the model's forward, and a
-compile that fails (forward or backward) costs one warning and runs eagerly, never a crash."""
+"""One training step, eager or compiled: the model's loss, its gradients and the optimiser's update;
+a compile that fails (forward, backward or update) costs one warning per piece and runs eagerly,
+never a crash."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from hapnet.models.predictor import DIAGNOSIS
 from hapnet.ontology.graph import Ontology
 from hapnet.training import step as step_module
 from hapnet.training.config import make_config
+from hapnet.training.optim import make_optimizer
 from hapnet.training.setup import build_model
 from hapnet.training.step import TrainingStep
 
@@ -27,33 +29,47 @@ EDGES = [("", "A"), ("", "B"), ("A", "A1"), ("A", "A2"), ("B", "B1"), ("B", "B2"
 PATIENTS = [[["A1", "B1"], ["A2"], ["B2", "A1"]], [["B1"], ["B2", "A2"]], [["A2"], ["A1"]]]
 
 
-def setting(model: str = "hap") -> tuple:
+def setting(model: str = "hap", optimizer: str = "adadelta") -> tuple:
+    """The same model (seeded), its optimiser, a batch of 3 patients and the config, every call."""
     onto = Ontology.from_edges("tiny", EDGES)
     data = visits_from_lists(PATIENTS, onto)
     vocab = Vocabulary.from_nodes(np.unique(data.codes), len(onto))
-    config = make_config(model=model, dim=6, hidden=5, attention_dim=3, dropout=0.0, loss="paper")
-    torch.manual_seed(0)
-    return (
-        build_model(config, onto, vocab),
-        BatchBuilder(data, vocab.code_to_class).build(np.arange(3)),
-        config,
+    config = make_config(
+        model=model, dim=6, hidden=5, attention_dim=3, dropout=0.0, loss="paper", optimizer=optimizer, lr=0.5
     )
+    torch.manual_seed(0)
+    model = build_model(config, onto, vocab)
+    batch = BatchBuilder(data, vocab.code_to_class).build(np.arange(3))
+    return model, make_optimizer(config, model), batch, config
 
 
-def gradients(model: torch.nn.Module) -> list[torch.Tensor]:
-    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+def parameters(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def same(first: list[torch.Tensor], second: list[torch.Tensor]) -> bool:
+    return all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 @pytest.mark.parametrize("model_name", ["hap", "gram", "rnn"])
-def test_eager_step_is_the_models_loss_and_gradients(model_name: str) -> None:
-    model, batch, config = setting(model_name)
-    loss = TrainingStep(model, config.loss)(batch)
-    ours = gradients(model)
-    model.zero_grad(set_to_none=True)
+def test_eager_step_is_the_models_loss_gradient_and_update(model_name: str) -> None:
+    """With plain SGD (lr 0.5) the update is p - 0.5 * dloss/dp, the loss the model's forward."""
+    model, _, batch, config = setting(model_name)
+    before = parameters(model)
     expected = next_visit_loss(model(batch)[DIAGNOSIS], batch, config.loss)
-    expected.backward()
+    grads = torch.autograd.grad(expected, list(model.parameters()), allow_unused=True)
+    loss = TrainingStep(model, torch.optim.SGD(model.parameters(), lr=0.5), config.loss)(batch)
     assert torch.equal(loss, expected)
-    assert all(torch.equal(a, b) for a, b in zip(ours, gradients(model), strict=True))
+    for new, old, grad in zip(model.parameters(), before, grads, strict=True):
+        assert torch.allclose(new, old if grad is None else old - 0.5 * grad)
+
+
+def test_a_non_finite_loss_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, optimizer, batch, config = setting()
+    before = parameters(model)
+    monkeypatch.setattr(step_module, "next_visit_loss", lambda *args: torch.tensor(float("nan")))
+    loss = TrainingStep(model, optimizer, config.loss)(batch)
+    assert loss.isnan() and same(parameters(model), before)
 
 
 def failing_compile(function, dynamic):  # noqa: ANN001, ANN201 - a stand-in for torch.compile
@@ -64,22 +80,19 @@ def failing_compile(function, dynamic):  # noqa: ANN001, ANN201 - a stand-in for
 
 
 def test_a_failing_compile_warns_once_per_piece_and_runs_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
-    model, batch, config = setting()
-    eager = TrainingStep(model, config.loss)(batch)
-    expected = gradients(model)
-    model.zero_grad(set_to_none=True)
+    model, optimizer, batch, config = setting()
+    eager = TrainingStep(model, optimizer, config.loss)(batch)
+    expected = parameters(model)
     monkeypatch.setattr(step_module.torch, "compile", failing_compile)
-    step = TrainingStep(model, config.loss, compile=True)
+    model, optimizer, batch, config = setting()
+    step = TrainingStep(model, optimizer, config.loss, compile=True)
     with pytest.warns(UserWarning) as caught:
         loss = step(batch)
-    messages = [str(w.message) for w in caught]
-    assert messages == [
-        "torch.compile failed for the code embedder (inductor: no C++ compiler); running it eagerly",
-        "torch.compile failed for the predictor and loss (inductor: no C++ compiler); running it eagerly",
+    assert [str(w.message) for w in caught] == [
+        f"torch.compile failed for the {piece} (inductor: no C++ compiler); running it eagerly"
+        for piece in ("code embedder", "predictor and loss", "optimiser update")
     ]
-    assert torch.equal(loss, eager)
-    assert all(torch.equal(a, b) for a, b in zip(gradients(model), expected, strict=True))
-    model.zero_grad(set_to_none=True)
+    assert torch.equal(loss, eager) and same(parameters(model), expected)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning
         step(batch)
@@ -96,22 +109,20 @@ class _FailingBackward(torch.autograd.Function):
 
 
 def test_a_failing_compiled_backward_redoes_the_step_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
-    model, batch, config = setting()
-    TrainingStep(model, config.loss)(batch)
-    expected = gradients(model)
-    model.zero_grad(set_to_none=True)
+    model, optimizer, batch, config = setting()
+    TrainingStep(model, optimizer, config.loss)(batch)
+    expected = parameters(model)
 
     def compile_with_broken_backward(function, dynamic):  # noqa: ANN001, ANN202
-        return lambda *args: (
-            _FailingBackward.apply(function(*args))
-            if function.__name__ == "_predictor_loss"
-            else function(*args)
-        )
+        if getattr(function, "__name__", "") != "_predictor_loss":
+            return function
+        return lambda *args: _FailingBackward.apply(function(*args))
 
     monkeypatch.setattr(step_module.torch, "compile", compile_with_broken_backward)
+    model, optimizer, batch, config = setting()
     with pytest.warns(UserWarning, match="compiled backward failed"):
-        TrainingStep(model, config.loss, compile=True)(batch)
-    assert all(torch.equal(a, b) for a, b in zip(gradients(model), expected, strict=True))
+        TrainingStep(model, optimizer, config.loss, compile=True)(batch)
+    assert same(parameters(model), expected)
 
 
 @pytest.mark.slow
@@ -120,8 +131,8 @@ def test_cli_compile_trains_end_to_end(tmp_path) -> None:  # noqa: ANN001
     folder = tmp_path / "synth"
     hapnet.write_synth(folder, patients=60, seed=1)
     args = ["train", "--data", str(folder), "--epochs", "2", "--dim", "8", "--hidden", "8"]
-    args += ["--attention-dim", "4", "--compile", "--out", str(tmp_path / "run")]
-    result = CliRunner().invoke(app, args)
+    args += ["--attention-dim", "4", "--preset", "paper", "--epochs", "2", "--compile"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     metrics = hapnet.load(tmp_path / "run").metrics
