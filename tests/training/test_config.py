@@ -1,0 +1,53 @@
+"""Settings have one source: the CLI's defaults are the library's, and the torch-free choice
+tuples the CLI reads equal the ones the models implement."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+
+import numpy as np
+import pytest
+import torch
+
+from hapnet.cli import embed as cli_embed
+from hapnet.cli import train as cli_train
+from hapnet.data.batches import BatchBuilder
+from hapnet.data.loaders import visits_from_lists
+from hapnet.embeddings.config import EmbedConfig
+from hapnet.errors import HapnetError
+from hapnet.models import losses
+from hapnet.ontology.graph import Ontology
+from hapnet.training import config
+
+
+def test_loss_choices_are_the_implemented_losses() -> None:
+    assert config.LOSSES == losses.LOSSES
+    onto = Ontology.from_edges("t", [("", "A"), ("A", "A1"), ("A", "A2")])
+    data = visits_from_lists([[["A1"], ["A2", "A1"]]], onto)
+    batch = BatchBuilder(data, np.arange(len(onto))).build(np.array([0]))
+    for kind in config.LOSSES:  # each choice runs, and the loss is finite
+        assert torch.isfinite(losses.next_visit_loss(torch.zeros(1, len(onto)), batch, kind))
+    with pytest.raises(ValueError, match="unknown loss"):
+        losses.next_visit_loss(torch.zeros(1, len(onto)), batch, "hinge")
+    with pytest.raises(HapnetError, match="--loss"):
+        config.make_config(loss="hinge")
+
+
+def test_cli_train_defaults_are_train_configs() -> None:
+    defaults = config.TrainConfig()
+    parameters = inspect.signature(cli_train.train).parameters
+    checked = 0
+    for name, parameter in parameters.items():
+        if hasattr(defaults, name) and parameter.default is not None:
+            assert parameter.default == getattr(defaults, name), name
+            checked += 1
+    assert checked >= 7  # ontology, model, pretrain, seed, k, device, compile, unknown
+    # options left None are filled by the config: the paper preset still applies to them
+    assert all(parameters[name].default is None for name in ("epochs", "lr", "optimizer", "loss", "dim"))
+
+
+def test_cli_embed_shows_the_library_defaults() -> None:
+    assert cli_embed.DEFAULTS == EmbedConfig()
+    option = typing.get_type_hints(cli_embed.embed, include_extras=True)["dim"].__metadata__[0]
+    assert f"default {EmbedConfig().dim}" in option.help
