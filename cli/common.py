@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -19,6 +19,19 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_USER_ERROR = 2
+
+# Options several commands share, defined once.
+OntologyOpt = Annotated[
+    str, typer.Option(help="Built-in ontology name (`hapnet ontology list`) or ontology file.")
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA if there is a GPU), cpu, cuda or cuda:N.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="torch CPU threads (default: torch's, one per core; give 1 to each of several processes)."
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
 def user_errors(command: F) -> F:

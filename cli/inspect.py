@@ -10,7 +10,7 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from hapnet.cli.common import console, user_errors
+from hapnet.cli.common import AsJson, console, user_errors
 from hapnet.errors import HapnetError
 from hapnet.training.naming import group_names
 
@@ -25,7 +25,6 @@ RELATION_STYLES = {
 }
 
 RunDir = Annotated[Path, typer.Argument(help="A run folder written by `hapnet train`.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
 def _bar(fraction: float, width: int = 20) -> str:

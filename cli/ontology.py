@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 import hapnet
-from hapnet.cli.common import console, user_errors
+from hapnet.cli.common import AsJson, console, user_errors
 from hapnet.ontology.graph import EXACT, UNKNOWN
 
 app = typer.Typer(help="Inspect ontologies: built-in names or files.", no_args_is_help=True)
@@ -38,7 +38,7 @@ def list_builtins() -> None:
 def info(
     source: SourceArg,
     levels: LevelsOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Node, edge and level counts of an ontology."""
     summary = hapnet.load_ontology(source, levels=levels).summary()

@@ -10,7 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from hapnet.cli.common import console, err_console, user_errors
+from hapnet.cli.common import AsJson, DeviceOpt, OntologyOpt, ThreadsOpt, console, err_console, user_errors
 from hapnet.cli.train import DEFAULTS, RichCallbacks
 from hapnet.training.config import ONTOLOGY_SCOPES, PRESETS
 
@@ -72,12 +72,12 @@ def bench(
     matmul_size: Annotated[
         int | None, typer.Option("--matmul-size", help="n of the n x n matmul that measures peak GFLOP/s.")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
+    threads: ThreadsOpt = None,
     clock: Annotated[
         str | None, typer.Option(help="wall, or cpu: process CPU time (steadier on a shared machine).")
     ] = None,
     naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Also time the naive reference.")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Time propagation and one training step of HAP / GRAM against the naive reference port
     (defaults: the paper's sizes on MIMIC-III-sized synthetic data, `hapnet.bench`'s)."""
@@ -122,9 +122,7 @@ def reproduce(
         str | None,
         typer.Option(help="Subset, e.g. hap,gram,rnn+ (default: all ten, keys above)."),
     ] = None,
-    ontology: Annotated[
-        str, typer.Option(help="Built-in ontology name or ontology file.")
-    ] = DEFAULTS.ontology,
+    ontology: OntologyOpt = DEFAULTS.ontology,
     preset: Annotated[
         str, typer.Option(help="paper: the paper's settings; default: hapnet train's defaults.")
     ] = "paper",
@@ -146,11 +144,8 @@ def reproduce(
             help=f"Override: {' or '.join(ONTOLOGY_SCOPES)} (default {PAPER['ontology_scope']}).",
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = DEFAULTS.device,
-    threads: Annotated[
-        int | None,
-        typer.Option(help="torch CPU threads (default: torch's; give 1 to each of several processes)."),
-    ] = None,
+    device: DeviceOpt = DEFAULTS.device,
+    threads: ThreadsOpt = None,
     force: Annotated[
         bool, typer.Option(help="Retrain finished runs / reuse a folder of other settings.")
     ] = False,

@@ -11,7 +11,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from hapnet.cli.common import console, loss_progress, user_errors
+from hapnet.cli.common import AsJson, DeviceOpt, OntologyOpt, ThreadsOpt, console, loss_progress, user_errors
 from hapnet.data.table import UNKNOWN_POLICIES
 from hapnet.errors import HapnetError
 from hapnet.training.config import LOSSES, OPTIMIZERS, PRESETS, TrainConfig
@@ -105,9 +105,7 @@ def train(
             help="MIMIC-III/IV folder, long CSV, or `hapnet synth` folder. Default: built-in synthetic data."
         ),
     ] = None,
-    ontology: Annotated[
-        str, typer.Option(help="Built-in ontology name or ontology file.")
-    ] = DEFAULTS.ontology,
+    ontology: OntologyOpt = DEFAULTS.ontology,
     model: ModelOpt = DEFAULTS.model,
     levels: Annotated[int | None, typer.Option(help="Use only the lowest K levels of the ontology.")] = None,
     ontology_scope: Annotated[
@@ -151,7 +149,7 @@ def train(
         str | None, typer.Option(help="Several seeds, e.g. 0-4: one run each + mean ± std table.")
     ] = None,
     k: Annotated[int, typer.Option("--k", help="k of accuracy@k.")] = DEFAULTS.k,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = DEFAULTS.device,
+    device: DeviceOpt = DEFAULTS.device,
     compile: Annotated[
         bool,
         typer.Option(
@@ -159,9 +157,7 @@ def train(
             help="torch.compile the training step (CPU or CUDA; falls back to eager with a warning).",
         ),
     ] = DEFAULTS.compile,
-    threads: Annotated[
-        int | None, typer.Option(help="torch CPU threads (default: torch's, one per core).")
-    ] = None,
+    threads: ThreadsOpt = None,
     unknown: Annotated[
         str, typer.Option(help=f"Codes not in the ontology: {', '.join(UNKNOWN_POLICIES)}.")
     ] = DEFAULTS.unknown,
@@ -247,8 +243,8 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `hapnet train`.")],
     data: Annotated[Path | None, typer.Option(help="Other data to evaluate on (all its patients).")] = None,
     k: Annotated[int | None, typer.Option("--k", help="k of accuracy@k (default: the run's).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    device: DeviceOpt = DEFAULTS.device,
+    as_json: AsJson = False,
 ) -> None:
     """Evaluate a saved run: its test split, or all patients of other data."""
     from hapnet.training.evaluation import evaluate as evaluate_run  # torch: when the command runs
