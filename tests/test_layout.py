@@ -124,3 +124,12 @@ def test_the_cli_starts_without_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_python_m_hapnet_is_the_cli() -> None:
+    """The entry point `torchrun -m hapnet` and `python -m hapnet` use."""
+    result = subprocess.run(
+        [sys.executable, "-m", "hapnet", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "train" in result.stdout and "embed" in result.stdout

@@ -3,7 +3,7 @@
 Both implementations run in the same process on the same synthetic batch, with the same
 parameters (the naive model is loaded from ours), interleaved repeat by repeat so that a loaded
 machine slows both alike; figures are medians after warm-up. Achieved GFLOP/s use the FLOP floor
-of `hapnet.flops` and are compared with this machine's measured matmul speed.
+of `hapnet.perf.flops` and are compared with this machine's measured matmul speed.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A naive reference port of HAP / GRAM + the visit GRU, written the way the original Theano code
 works: the yardstick `hapnet bench` measures our implementation against.
 
-Correct (tests/test_bench.py checks it equals `hapnet.models` + `hapnet.predictor` in float64),
+Correct (tests/perf/test_bench.py checks it equals hapnet's embedders and predictor in float64),
 deliberately not clever:
 - each level's candidates are padded to the level's largest fan-in ([T, F] index + mask);
 - the attention score is `u^T tanh(W [q ; k] + b)` with W applied to the concatenated pair, for

@@ -1,6 +1,6 @@
 """`reproduce(...)`: the HAP paper's ten configurations over several seeds, in the paper's table.
 
-Each configuration is one seed sweep (`hapnet.seeds.train_seeds`) in OUT/<key>/, so finished
+Each configuration is one seed sweep (`hapnet.training.seeds.train_seeds`) in OUT/<key>/, so finished
 seeds are never trained again and an interrupted run resumes where it stopped. The table (mean ±
 std per frequency group and overall) goes to OUT/reproduce.md and OUT/reproduce.json, beside the
 published numbers (docs/algorithms.md, HAP paper Table 3).
