@@ -33,6 +33,7 @@ import hapnet
 from hapnet.data.batches import BatchBuilder
 from hapnet.data.loaders import load_visits
 from hapnet.data.splits import split_patients
+from hapnet.data.synth import default_data_path
 from hapnet.data.vocabulary import Vocabulary
 from hapnet.models.embedder import EmbedderConfig
 from hapnet.models.losses import next_visit_loss
@@ -43,13 +44,13 @@ from hapnet.perf.naive import NAIVE_EMBEDDERS, NaiveNextVisitModel, naive_loss, 
 from hapnet.perf.timing import time_interleaved
 from hapnet.training.config import make_config
 from hapnet.training.optim import make_optimizer
-from hapnet.training.setup import build_model, default_data_path, model_ontology
+from hapnet.training.setup import build_model, model_ontology
 from hapnet.training.step import TrainingStep
 from hapnet.training.trainer import TrainCallbacks
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="hap")
     parser.add_argument("--ontology", default="icd9-ccs")
     parser.add_argument("--patients", type=int, default=7500)
@@ -244,7 +245,7 @@ def print_bound(config, ontology, vocab, batches, step_flops: float, speed: floa
 
 def matrix_product_shapes(model, optimizer, batches, loss_kind: str) -> dict[tuple, float]:  # noqa: ANN001
     """{(m, k, n, with bias): calls per step} of the matrix products of training steps."""
-    time_phases(model, optimizer, batches, loss_kind, warm_up=0)  # warm-up (and the compiled update)
+    time_phases(model, optimizer, batches, loss_kind, warm_up=0)  # warm-up
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         time_phases(model, optimizer, batches, loss_kind, warm_up=0)
     shapes: dict[tuple, float] = {}

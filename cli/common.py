@@ -13,12 +13,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hapnet.errors import HapnetError
+from hapnet.training.config import TrainConfig
 
 console = Console()
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_USER_ERROR = 2
+TRAIN_DEFAULTS = TrainConfig()  # the library's training defaults are the CLI's: one source
 
 # Options several commands share, defined once.
 OntologyOpt = Annotated[

@@ -13,6 +13,7 @@ from rich.table import Table
 import hapnet
 from hapnet.cli.common import console, loss_progress, user_errors
 from hapnet.embeddings.config import EmbedConfig
+from hapnet.embeddings.formats import check_writable
 from hapnet.errors import InputError
 from hapnet.utils.textio import atomic_path
 
@@ -55,7 +56,6 @@ def embed(
 ) -> None:
     """Embeddings of every code of an ontology, learned from its structure (HAP propagation) or
     exported from a trained run, with how well they recover the ontology (MAP, mean rank)."""
-    from hapnet.embeddings.formats import check_writable  # pandas: when the command runs
 
     ontology = hapnet.load_ontology(source)
     out = out or Path(f"{ontology.name}.embeddings.parquet")

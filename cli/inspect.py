@@ -52,7 +52,7 @@ def predict(
     # torch loads here, when the command runs
     from hapnet.inspect.predict import parse_history, patient_history, predict_next_visit
     from hapnet.training.runs import load
-    from hapnet.training.setup import resolve_device
+    from hapnet.utils.device import resolve_device
 
     if (history is None) == (patient is None):
         raise HapnetError("give either --history or --patient (with --data)")

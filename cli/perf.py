@@ -10,8 +10,9 @@ import typer
 from rich import box
 from rich.table import Table
 
+from hapnet.cli.common import TRAIN_DEFAULTS as DEFAULTS
 from hapnet.cli.common import AsJson, DeviceOpt, OntologyOpt, ThreadsOpt, console, err_console, user_errors
-from hapnet.cli.train import DEFAULTS, RichCallbacks
+from hapnet.cli.display import RichCallbacks
 from hapnet.training.config import ONTOLOGY_SCOPES, PRESETS
 
 PAPER = PRESETS["paper"]
@@ -32,8 +33,9 @@ def bench_table(result: dict[str, Any]) -> Table:
         f"({data['batch_steps']} steps); {machine['device']}, {machine['threads']} threads, "
         f"matmul {machine['matmul_gflops']:.0f} GFLOP/s; median of {settings['repeats']} after warm-up "
         f"({settings['clock']} clock). "
-        "propagation = embedder forward + backward; train step = embedder + GRU + output layer + loss "
-        "+ Adadelta step; GFLOP = the FLOP floor (fwd + bwd); % peak = GFLOP/s / matmul GFLOP/s."
+        "propagation = embedder forward + backward; train step = embedder + GRU + output layer + "
+        f"{settings['loss']} loss + {settings['optimizer']} step; "
+        "GFLOP = the FLOP floor (fwd + bwd); % peak = GFLOP/s / matmul GFLOP/s."
     )
     table = Table(caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column("model", no_wrap=True)
@@ -56,7 +58,7 @@ def bench_table(result: dict[str, Any]) -> Table:
 
 @user_errors
 def bench(
-    ontology: Annotated[str | None, typer.Option(help="Built-in ontology name or ontology file.")] = None,
+    ontology: Annotated[str | None, OntologyOpt.__metadata__[0]] = None,
     model: Annotated[str | None, typer.Option(help="hap, gram or both.")] = None,
     dim: Annotated[int | None, typer.Option(help="Code embedding size d.")] = None,
     attention_dim: Annotated[int | None, typer.Option("--attention-dim", help="Attention size a.")] = None,
@@ -64,7 +66,7 @@ def bench(
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help="Patients per training step.")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    device: Annotated[str | None, DeviceOpt.__metadata__[0]] = None,
     repeats: Annotated[int | None, typer.Option(help="Timed runs (median) after one warm-up run.")] = None,
     patients: Annotated[
         int | None, typer.Option(help="Synthetic patients (sets the code vocabulary).")

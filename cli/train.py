@@ -8,88 +8,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import Progress
-from rich.table import Table
 
-from hapnet.cli.common import AsJson, DeviceOpt, OntologyOpt, ThreadsOpt, console, loss_progress, user_errors
+from hapnet.cli.common import TRAIN_DEFAULTS as DEFAULTS
+from hapnet.cli.common import AsJson, DeviceOpt, OntologyOpt, ThreadsOpt, console, user_errors
+from hapnet.cli.display import RichCallbacks, data_report_table, metrics_table
+from hapnet.data.long_csv import parse_columns
 from hapnet.data.table import UNKNOWN_POLICIES
 from hapnet.errors import HapnetError
-from hapnet.training.config import LOSSES, OPTIMIZERS, PRESETS, TrainConfig
-from hapnet.training.naming import GROUP_LABELS, run_name
-
-DEFAULTS = TrainConfig()  # the library's defaults are the CLI's: one source
-
-
-def data_report_table(rows: list) -> Table:
-    table = Table(title="Data", show_header=False)
-    for label, value in rows:
-        table.add_row(label, f"{value:,}" if isinstance(value, int) else str(value))
-    return table
-
-
-def metrics_table(metrics: dict[str, Any], title: str) -> Table:
-    k = metrics["k"]
-    table = Table("split", *[f"acc@{k} {g}%" for g in GROUP_LABELS], f"acc@{k}", "loss", title=title)
-    for split in ("valid", "test"):
-        if split in metrics:
-            m = metrics[split]
-            table.add_row(
-                split,
-                *[f"{v:.4f}" for v in m["accuracy_by_group"]],
-                f"{m['accuracy']:.4f}",
-                f"{m['loss']:.4f}",
-            )
-    return table
-
-
-class RichCallbacks:
-    """Progress bar per epoch and a table row per epoch."""
-
-    def __init__(self) -> None:
-        self.progress: Progress | None = None
-        self.task = None
-        self.header = True  # on the first epoch shown (a resumed run starts later than 1)
-
-    def on_data(self, data: Any, split: Any, vocab: Any) -> None:
-        console.print(data_report_table(data.report.as_rows()))
-        console.print(
-            f"split: {len(split.train):,} train / {len(split.valid):,} valid / "
-            f"{len(split.test):,} test patients; "
-            f"{len(vocab):,} observable codes"
-        )
-
-    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
-        self.progress = loss_progress(f"epoch {epoch}")
-        self.progress.start()
-        self.task = self.progress.add_task("train", total=num_batches, loss=float("nan"))
-
-    def on_batch(self, epoch: int, batch_index: int, loss: float) -> None:
-        self.progress.update(self.task, advance=1, loss=loss)
-
-    def on_epoch_end(self, record: dict[str, Any], is_best: bool) -> None:
-        self.progress.stop()
-        # One aligned line per epoch (a rich Table per row would add blank lines).
-        columns = ("epoch", "train loss", "valid loss", "valid acc", "test acc", "seconds")
-        if self.header:
-            console.print("".join(f"{c:>12}" for c in columns), style="bold")
-            self.header = False
-        values = (
-            str(record["epoch"]),
-            f"{record['train_loss']:.4f}",
-            f"{record['valid_loss']:.4f}",
-            f"{record['valid_accuracy']:.4f}",
-            f"{record['test_accuracy']:.4f}",
-            f"{record['seconds']:.1f}",
-        )
-        best = "  [green]best[/]" if is_best else ""
-        console.print("".join(f"{v:>12}" for v in values) + best, highlight=False)
+from hapnet.training.config import LOSSES, OPTIMIZERS, PRESETS, PRETRAINS, make_config
+from hapnet.training.naming import run_name
 
 
 def preset_help(setting: str, text: str) -> str:
     """`text` with the setting's default and, where the paper preset differs, the paper's value."""
     default = getattr(DEFAULTS, setting)
     paper = PRESETS["paper"].get(setting, default)
-    return f"{text} [default: {default}" + (f"; --preset paper: {paper}]" if paper != default else "]")
+    # parentheses, not brackets: rich would read [..] in a help text as markup and drop it
+    return f"{text} (default {default}" + (f"; --preset paper: {paper})" if paper != default else ")")
 
 
 ModelOpt = Annotated[
@@ -120,7 +55,7 @@ def train(
         ),
     ] = None,
     pretrain: Annotated[
-        str, typer.Option(help="glove or none (glove + rnn/rollup = the paper's RNN+/Rollup+).")
+        str, typer.Option(help=f"{' or '.join(PRETRAINS)} (glove + rnn/rollup = the paper's RNN+/Rollup+).")
     ] = DEFAULTS.pretrain,
     preset: Annotated[
         str | None, typer.Option(help=f"One of {', '.join(PRESETS)}: `paper` = the paper's exact settings.")
@@ -179,10 +114,8 @@ def train(
         ),
     ] = None,
 ) -> None:
-    """Train a next-visit diagnosis model (HAP, GRAM, RNN, Rollup) and evaluate it as the paper does."""
+    """Train a next-visit diagnosis model of the registry and evaluate it as the paper does."""
     # torch loads here, when the command runs, not at start-up of every `hapnet` command
-    from hapnet.data.long_csv import parse_columns
-    from hapnet.training.config import make_config
     from hapnet.training.seeds import parse_seeds, train_seeds
     from hapnet.training.trainer import train as train_model
     from hapnet.utils.threads import torch_threads

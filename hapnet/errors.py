@@ -20,3 +20,9 @@ class InputError(HapnetError):
         if line is not None:
             where = f"{where}, line {line}"
         super().__init__(f"{where}: {reason}")
+
+
+def error_summary(error: BaseException) -> str:
+    """An exception in one line: its first non-empty line of text, else its type's name."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

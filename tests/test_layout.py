@@ -107,8 +107,6 @@ def test_subpackages_import_and_tests_mirror_them() -> None:
     stages = sorted(p.name for p in SOURCES["hapnet"].iterdir() if (p / "__init__.py").exists())
     assert {"ontology", "data", "models", "training", "inspect", "embeddings", "perf"} <= set(stages)
     for stage in stages:
-        if stage == "utils":  # shared helpers: tested through the stages that use them
-            continue
         assert list((TESTS / stage).glob("test_*.py")), f"no tests/{stage}/ for hapnet/{stage}/"
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from hapnet.data.visits import VisitData
-from hapnet.utils.arrays import concat_ranges, exclusive_cumsum
+from hapnet.utils.arrays import concat_ranges, exclusive_cumsum, range_owners, range_positions
 
 
 @dataclass
@@ -80,8 +80,8 @@ class BatchBuilder:
         position[sorted_indices] = np.arange(num_patients)
         batch_sizes = (lengths[sorted_indices][None, :] > np.arange(lengths.max())[:, None]).sum(1)
         first_row = exclusive_cumsum(batch_sizes)  # packed row of time t, position 0
-        row_time = np.repeat(np.arange(len(batch_sizes)), batch_sizes)
-        row_patient = sorted_indices[np.arange(len(row_time)) - first_row[row_time]]
+        row_time = range_owners(batch_sizes)
+        row_patient = sorted_indices[range_positions(batch_sizes)]
         row_real = row_time < steps[row_patient]
         row_visits = starts[row_patient] + row_time
         bag_sizes = np.where(row_real, self.visit_lengths[row_visits], 0)
@@ -89,7 +89,7 @@ class BatchBuilder:
         real_visits = row_visits[row_real]
         input_idx = concat_ranges(self.visit_offsets[real_visits], self.visit_lengths[real_visits])
         step_time = np.nonzero(valid)[1]
-        step_patient = np.repeat(np.arange(num_patients), steps)
+        step_patient = range_owners(steps)
         step_rows = first_row[step_time] + position[step_patient]
 
         target_lengths = self.visit_lengths[target_visits]
@@ -107,7 +107,7 @@ class BatchBuilder:
             step_rows=torch.from_numpy(step_rows),
             step_mask=torch.from_numpy(valid),
             step_patient=torch.from_numpy(step_patient),
-            target_rows=torch.from_numpy(np.repeat(np.arange(num_steps), target_lengths)),
+            target_rows=torch.from_numpy(range_owners(target_lengths)),
             target_codes=torch.from_numpy(self.classes[target_idx]),
             num_patients=num_patients,
             num_steps=num_steps,

@@ -22,7 +22,7 @@ import pandas as pd
 from hapnet.data import synth
 from hapnet.data.long_csv import read_long_csv, rows_from_frame
 from hapnet.data.mimic import find_mimic, read_mimic
-from hapnet.data.table import UNKNOWN_POLICIES, LongTable, assemble
+from hapnet.data.table import DEFAULT_UNKNOWN, UNKNOWN_POLICIES, LongTable, assemble
 from hapnet.data.visits import VisitData
 from hapnet.errors import HapnetError, InputError
 from hapnet.ontology.graph import Ontology
@@ -35,7 +35,7 @@ def load_visits(
     ontology: Ontology,
     *,
     columns: dict[str, str] | None = None,
-    unknown: str = "ancestor",
+    unknown: str = DEFAULT_UNKNOWN,
     min_visits: int = 2,
 ) -> VisitData:
     """Load visits from a MIMIC-III/IV folder, a long CSV or a `hapnet synth` folder.
@@ -74,7 +74,7 @@ def visits_from_lists(
     patients: Sequence[Sequence[Sequence[str]]],
     ontology: Ontology,
     *,
-    unknown: str = "ancestor",
+    unknown: str = DEFAULT_UNKNOWN,
     min_visits: int = 2,
     patient_ids: Sequence[str] | None = None,
 ) -> VisitData:
@@ -109,7 +109,7 @@ def visits_from_frame(
     ontology: Ontology,
     *,
     columns: dict[str, str] | None = None,
-    unknown: str = "ancestor",
+    unknown: str = DEFAULT_UNKNOWN,
     min_visits: int = 2,
 ) -> VisitData:
     """Visits from a long pandas DataFrame (same columns and rules as a long CSV)."""

@@ -14,10 +14,8 @@ import pyarrow.compute as pc
 from hapnet.data.csv_stream import CsvFile, stream_columns, unify_ids
 from hapnet.data.table import LongTable, drop_empty_patient
 from hapnet.errors import InputError
+from hapnet.ontology.codes import SYSTEMS
 from hapnet.ontology.graph import Ontology
-
-# The two code systems of MIMIC-IV, as system nodes of a combined ontology (`icd9-icd10`).
-ICD_SYSTEMS = ("ICD9", "ICD10")
 
 
 def _find_file(folder: Path, stem: str) -> Path | None:
@@ -64,7 +62,7 @@ def read_mimic(admissions_path: Path, diagnoses_path: Path, ontology: Ontology) 
     if version_col is not None:
         diag_cols["version"] = version_col
 
-    systems = all(s in ontology for s in ICD_SYSTEMS)
+    systems = all(s in ontology for s in SYSTEMS)  # MIMIC-IV's two systems as nodes
 
     def namespaced(batch: dict[str, pa.Array]) -> dict[str, pa.Array]:
         """`ICD9:4019` / `ICD10:I10`: the combined ontology's ids, built per block by pyarrow."""

@@ -43,7 +43,8 @@ import pyarrow.csv as pacsv
 from hapnet.errors import HapnetError
 from hapnet.ontology.builtins import DEFAULT_ONTOLOGY, load_ontology
 from hapnet.ontology.graph import Ontology
-from hapnet.utils.arrays import exclusive_cumsum, range_owners, range_positions, sorted_unique
+from hapnet.utils.arrays import range_owners, range_positions, sorted_unique
+from hapnet.utils.cache import cache_dir
 from hapnet.utils.textio import atomic_path
 
 DEFAULT_PATIENTS = 7_500
@@ -317,7 +318,7 @@ def _generate_block(
     order = np.lexsort((rng.random(len(row_visit)), row_visit))
     row_visit, row_code = row_visit[order], row_code[order]
     sizes = np.bincount(row_visit, minlength=num_visits)
-    position = np.arange(len(row_visit)) - exclusive_cumsum(sizes)[row_visit]
+    position = range_positions(sizes)  # row_visit is sorted: rows of a visit are consecutive
     keep = position < s.max_codes
     row_visit, row_code = row_visit[keep], row_code[keep]
 
@@ -466,3 +467,13 @@ def write_synth(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return out_dir
+
+
+def default_data_path(ontology_source: str, patients: int, seed: int = 0) -> Path:
+    """The built-in synthetic data set, generated once into the cache folder."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(ontology_source).name)
+    # The generator version is in the name: a newer hapnet never trains on an older cached set.
+    path = cache_dir() / f"synth-v{GENERATOR_VERSION}-{safe}-{patients}-seed{seed}"
+    if not path.exists():
+        write_synth(path, ontology=ontology_source, patients=patients, seed=seed)
+    return path

@@ -18,7 +18,8 @@ from hapnet.errors import HapnetError, InputError
 from hapnet.ontology.graph import EXACT, MAPPED, Ontology
 from hapnet.utils.arrays import sorted_unique
 
-UNKNOWN_POLICIES = ("ancestor", "drop", "error")
+UNKNOWN_POLICIES = ("ancestor", "drop", "error")  # what a code missing from the ontology becomes
+DEFAULT_UNKNOWN = "ancestor"
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hapnet.errors import HapnetError, InputError
+from hapnet.errors import HapnetError, InputError, error_summary
 from hapnet.utils.textio import atomic_path, read_text
 
 FORMATS = {
@@ -225,12 +225,7 @@ def read_embeddings(path: str | Path) -> EmbeddingTable:
     except HapnetError:
         raise
     except (ValueError, OSError, KeyError, IndexError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not a readable {suffix} embeddings file ({_first_line(exc)})") from None
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+        raise InputError(path, f"not a readable {suffix} embeddings file ({error_summary(exc)})") from None
 
 
 def _read_table(path: Path, suffix: str) -> EmbeddingTable:
@@ -303,7 +298,7 @@ def _read_projector(path: Path) -> EmbeddingTable:
     try:
         vectors = np.loadtxt(path, delimiter="\t", dtype=np.float32, ndmin=2)
     except ValueError as exc:
-        raise InputError(path, f"not a tab-separated matrix of numbers ({_first_line(exc)})") from None
+        raise InputError(path, f"not a tab-separated matrix of numbers ({error_summary(exc)})") from None
     meta_path = path.with_suffix(".metadata.tsv")
     if not meta_path.exists():
         raise InputError(meta_path, "file not found (the projector metadata: code, description, level)")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from hapnet.errors import HapnetError
 from hapnet.ontology.graph import Ontology
-from hapnet.utils.arrays import concat_ranges
+from hapnet.utils.arrays import concat_ranges, range_owners
 
 RELATIONS = ("edges", "ancestors")
 
@@ -65,7 +65,7 @@ class Relations:
 
     @property
     def sources(self) -> np.ndarray:
-        return np.repeat(np.arange(len(self.offsets) - 1), self.counts)
+        return range_owners(self.counts)
 
     @property
     def num_pairs(self) -> int:

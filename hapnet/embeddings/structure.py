@@ -42,7 +42,7 @@ from hapnet.ontology.builtins import load_ontology
 from hapnet.ontology.graph import Ontology
 from hapnet.ontology.hierarchy import Hierarchy
 from hapnet.training.runs import load
-from hapnet.training.setup import resolve_device
+from hapnet.utils.device import resolve_device
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hapnet.errors import HapnetError
-from hapnet.utils.arrays import range_positions
+from hapnet.utils.arrays import concat_ranges, exclusive_cumsum, range_owners, range_positions
 
 X_MAX = 100.0
 ALPHA = 0.75
@@ -57,18 +57,17 @@ def _expand(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct (visit, node) entries of every visit's codes (and their ancestors), sorted by
     visit then node, with each entry's multiplicity (how many of the visit's codes bring it)."""
-    visit_of_code = np.repeat(np.arange(len(visit_offsets) - 1), np.diff(visit_offsets))
+    visit_of_code = range_owners(np.diff(visit_offsets))
     visits, nodes = [visit_of_code], [codes]
     if ancestors is not None:
         distinct = np.unique(codes)
         lists = [np.fromiter(ancestors[c], dtype=np.int64, count=len(ancestors[c])) for c in distinct]
         counts = np.array([len(a) for a in lists], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(counts)])
         flat = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
         which = np.searchsorted(distinct, codes)  # each code's row in the ancestor table
         per_code = counts[which]
         visits.append(np.repeat(visit_of_code, per_code))
-        nodes.append(flat[np.repeat(offsets[which], per_code) + range_positions(per_code)])
+        nodes.append(flat[concat_ranges(exclusive_cumsum(counts)[which], per_code)])
     keys, multiplicity = np.unique(
         np.concatenate(visits) * (1 << 32) + np.concatenate(nodes), return_counts=True
     )

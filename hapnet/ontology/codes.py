@@ -12,8 +12,8 @@ import re
 # An ICD-9 or ICD-10 code written with its dot: 3 characters (or E + 3 digits), dot, 1-4 more.
 _DOTTED_ICD = re.compile(r"^(E\d{3}|[A-Z0-9]{3})\.([A-Z0-9]{1,4})$")
 # A coding-system prefix: `ICD9:` or `ICD10:` (already upper-cased), spaces around the colon allowed.
-_SYSTEM = re.compile(r"^(ICD9|ICD10)\s*:\s*")
-SYSTEMS = ("ICD9", "ICD10")
+SYSTEMS = ("ICD9", "ICD10")  # the coding systems of a combined ontology (`icd9-icd10`, MIMIC-IV)
+_SYSTEM = re.compile(rf"^({'|'.join(SYSTEMS)})\s*:\s*")
 MIN_ICD_PREFIX = 3  # an ICD category has 3 characters: truncation stops there
 
 

@@ -17,7 +17,7 @@ import torch
 
 from hapnet.data.batches import BatchBuilder
 from hapnet.data.loaders import visits_from_frame
-from hapnet.data.synth import generate
+from hapnet.data.synth import DEFAULT_PATIENTS, generate
 from hapnet.data.vocabulary import Vocabulary
 from hapnet.errors import HapnetError
 from hapnet.models.embedder import EmbedderConfig
@@ -28,35 +28,35 @@ from hapnet.ontology.hierarchy import Hierarchy
 from hapnet.perf.flops import BACKWARD_FACTOR, matmul_gflops, propagation_flops, training_step_flops
 from hapnet.perf.naive import NAIVE_EMBEDDERS, NaiveNextVisitModel, naive_loss, pad_matrix
 from hapnet.perf.timing import CLOCKS, time_interleaved
-from hapnet.training.config import make_config
+from hapnet.training.config import PRESETS, make_config
 from hapnet.training.optim import make_optimizer
-from hapnet.training.setup import resolve_device
 from hapnet.training.step import TrainingStep
+from hapnet.utils.device import resolve_device
 from hapnet.utils.threads import torch_threads
 
+PAPER = PRESETS["paper"]  # the sizes the paper trains at
 BENCH_MODELS = ("hap", "gram")
-PARTS = ("propagation", "train_step")
 
 
 def _models(model: str) -> list[str]:
     if model == "both":
         return list(BENCH_MODELS)
     if model not in BENCH_MODELS:
-        raise HapnetError(f"--model {model!r}: choose hap, gram or both")
+        raise HapnetError(f"--model {model!r}: choose {', '.join(BENCH_MODELS)} or both")
     return [model]
 
 
 def bench(
     ontology: str = DEFAULT_ONTOLOGY,
     model: str = "both",
-    dim: int = 400,
-    attention_dim: int = 100,
-    hidden: int = 400,
-    batch_size: int = 100,
+    dim: int = PAPER["dim"],
+    attention_dim: int = PAPER["attention_dim"],
+    hidden: int = PAPER["hidden"],
+    batch_size: int = PAPER["batch_size"],
     device: str = "auto",
     repeats: int = 5,
     warmup: int = 1,
-    patients: int = 7500,
+    patients: int = DEFAULT_PATIENTS,
     naive: bool = True,
     seed: int = 0,
     threads: int | None = None,

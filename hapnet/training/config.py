@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hapnet.data.table import UNKNOWN_POLICIES
+from hapnet.data.synth import DEFAULT_PATIENTS
+from hapnet.data.table import DEFAULT_UNKNOWN, UNKNOWN_POLICIES
 from hapnet.errors import HapnetError
 from hapnet.ontology.builtins import DEFAULT_ONTOLOGY
 
 OPTIMIZERS = ("adam", "adamw", "adadelta")
+PRETRAINS = ("none", "glove")
 LOSSES = ("paper", "softmax", "bce")  # hapnet.models.losses.LOSSES (torch-free here, for the CLI)
 # "observed": the ontology's codes seen in the data and their ancestors (the papers' code builds
 # only these: build_trees.py); "full": every node of the ontology, trained or not.
@@ -42,31 +44,32 @@ class TrainConfig:
     k: int = 20
     device: str = "auto"
     compile: bool = False  # torch.compile the model's steps (falls back to eager where it fails)
-    unknown: str = "ancestor"
+    unknown: str = DEFAULT_UNKNOWN
     columns: dict[str, str] | None = None
-    synth_patients: int = 7500  # MIMIC-III-sized; size of the built-in synthetic data when data is None
+    synth_patients: int = DEFAULT_PATIENTS  # size of the built-in synthetic data when data is None
     glove_epochs: int = 50
     preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
-        # The registry imports torch: only a validated config needs it, so the CLI can read
-        # this module's defaults at start-up without loading torch.
+        # The registry and the device check import torch: only a validated config needs them, so
+        # the CLI can read this module's defaults at start-up without loading torch.
         from hapnet.models.registry import get_model
+        from hapnet.utils.device import check_device_name
 
         get_model(self.model)
+        check_device_name(self.device)
         checks = [
-            (self.pretrain in ("glove", "none"), f"--pretrain must be glove or none, got {self.pretrain!r}"),
+            (
+                self.pretrain in PRETRAINS,
+                f"--pretrain must be {' or '.join(PRETRAINS)}, got {self.pretrain!r}",
+            ),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
             (self.unknown in UNKNOWN_POLICIES, f"--unknown must be one of {', '.join(UNKNOWN_POLICIES)}"),
             (
                 self.ontology_scope in ONTOLOGY_SCOPES,
                 f"--ontology-scope must be one of {', '.join(ONTOLOGY_SCOPES)}",
-            ),
-            (
-                self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-                "--device: auto|cpu|cuda",
             ),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),

@@ -22,7 +22,9 @@ from hapnet.models.predictor import DIAGNOSIS, NextVisitModel
 from hapnet.training.config import TrainConfig
 from hapnet.training.metrics import AccuracyAtK
 from hapnet.training.runs import load
-from hapnet.training.setup import load_training_data, resolve_device
+from hapnet.training.setup import load_training_data
+from hapnet.utils.arrays import range_owners
+from hapnet.utils.device import resolve_device
 
 
 @dataclass
@@ -64,10 +66,10 @@ def restrict_to_codes(data: VisitData, code_to_class: np.ndarray) -> tuple[Visit
     """
     keep_code = code_to_class[data.codes] >= 0
     visit_lengths = np.diff(data.visit_offsets)
-    visit_of_code = np.repeat(np.arange(len(visit_lengths)), visit_lengths)
+    visit_of_code = range_owners(visit_lengths)
     new_lengths = np.bincount(visit_of_code[keep_code], minlength=len(visit_lengths))
     visits_per_patient = np.diff(data.patient_offsets)
-    patient_of_visit = np.repeat(np.arange(len(visits_per_patient)), visits_per_patient)
+    patient_of_visit = range_owners(visits_per_patient)
     nonempty = new_lengths > 0
     new_visits_per_patient = np.bincount(patient_of_visit[nonempty], minlength=len(visits_per_patient))
     keep_patient = new_visits_per_patient >= 2
@@ -93,9 +95,11 @@ def evaluate(
     Without `data`: the run's own test split (same data, same seed). With `data`: every patient
     of that data set, restricted to the codes the run can predict (the rest are counted).
     """
+    if k is not None and k < 1:
+        raise HapnetError(f"--k must be at least 1, got {k}")
     torch_device = resolve_device(device)
     run = load(run_dir, device=str(torch_device))
-    config = dataclasses.replace(run.config, k=k or run.config.k)
+    config = dataclasses.replace(run.config, k=run.config.k if k is None else k)
     vocab = run.vocabulary()
     groups = run.vocab["group"].to_numpy()
     dropped = 0

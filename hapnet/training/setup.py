@@ -1,17 +1,16 @@
 """What a training run is made of, from its config: the data (loaded, or the built-in synthetic
-set generated once into the cache), the device, the model (the registry's embedder on the model's
-ontology + the visit GRU), and its GloVe initialisation (cached by content)."""
+set), the model (the registry's embedder on the model's ontology + the visit GRU), and its GloVe
+initialisation (cached by content)."""
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from hapnet.data.loaders import load_visits
-from hapnet.data.synth import GENERATOR_VERSION, write_synth
+from hapnet.data.synth import default_data_path
 from hapnet.data.visits import VisitData
 from hapnet.data.vocabulary import Vocabulary
 from hapnet.errors import HapnetError
@@ -27,16 +26,6 @@ from hapnet.utils.cache import cache_dir
 from hapnet.utils.textio import atomic_path
 
 
-def default_data_path(ontology_source: str, patients: int, seed: int = 0) -> Path:
-    """The built-in synthetic data set, generated once into the cache folder."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(ontology_source).name)
-    # The generator version is in the name: a newer hapnet never trains on an older cached set.
-    path = cache_dir() / f"synth-v{GENERATOR_VERSION}-{safe}-{patients}-seed{seed}"
-    if not path.exists():
-        write_synth(path, ontology=ontology_source, patients=patients, seed=seed)
-    return path
-
-
 def load_training_data(config: TrainConfig) -> tuple[Ontology, VisitData]:
     ontology = load_ontology(config.ontology)
     path = config.data or default_data_path(config.ontology, config.synth_patients)
@@ -46,14 +35,6 @@ def load_training_data(config: TrainConfig) -> tuple[Ontology, VisitData]:
             f"{path}: only {len(data.patient_ids)} patients with 2+ visits; at least 10 are needed to split"
         )
     return ontology, data
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HapnetError("--device cuda: no CUDA GPU is available here (use --device cpu or auto)")
-    return torch.device(name)
 
 
 def model_ontology(config: TrainConfig, ontology: Ontology, vocab: Vocabulary) -> Ontology:

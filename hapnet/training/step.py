@@ -17,12 +17,9 @@ from typing import Any
 import torch
 
 from hapnet.data.batches import Batch
+from hapnet.errors import error_summary
 from hapnet.models.losses import next_visit_loss
 from hapnet.models.predictor import DIAGNOSIS, NextVisitModel
-
-
-def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 class CompiledOrEager:
@@ -36,7 +33,7 @@ class CompiledOrEager:
     def give_up(self, error: BaseException) -> None:
         self.compiled = None
         warnings.warn(
-            f"torch.compile failed for the {self.name} ({first_line(error)}); running it eagerly",
+            f"torch.compile failed for the {self.name} ({error_summary(error)}); running it eagerly",
             stacklevel=3,
         )
 

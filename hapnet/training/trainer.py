@@ -26,8 +26,9 @@ from hapnet.training.evaluation import Evaluation, evaluate_patients
 from hapnet.training.metrics import frequency_groups
 from hapnet.training.optim import make_optimizer
 from hapnet.training.runs import RunWriter, data_fingerprint, rng_states, set_rng_states
-from hapnet.training.setup import build_model, glove_init, load_training_data, resolve_device
+from hapnet.training.setup import build_model, glove_init, load_training_data
 from hapnet.training.step import TrainingStep
+from hapnet.utils.device import resolve_device
 
 
 class TrainCallbacks:

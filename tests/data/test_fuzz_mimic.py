@@ -39,7 +39,7 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-# ROOT; 401, 250; 4019, 4011, 2500, 2501 (as in test_visits.py)
+# ROOT; 401, 250; 4019, 4011, 2500, 2501 (as in test_loaders.py)
 TINY = Ontology.from_edges("tiny", [("401", "4019"), ("401", "4011"), ("250", "2500"), ("250", "2501")])
 # The shape of the built-in `icd9-icd10`: two system nodes, namespaced codes below them.
 COMBINED = Ontology.from_edges(

@@ -9,9 +9,11 @@ import typing
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from hapnet.cli import embed as cli_embed
 from hapnet.cli import train as cli_train
+from hapnet.cli.main import app
 from hapnet.data.batches import BatchBuilder
 from hapnet.data.loaders import visits_from_lists
 from hapnet.embeddings.config import EmbedConfig
@@ -48,6 +50,17 @@ def test_cli_train_defaults_are_train_configs() -> None:
 
 
 def test_cli_embed_shows_the_library_defaults() -> None:
-    assert cli_embed.DEFAULTS == EmbedConfig()
     option = typing.get_type_hints(cli_embed.embed, include_extras=True)["dim"].__metadata__[0]
     assert f"default {EmbedConfig().dim}" in option.help
+
+
+def test_train_help_shows_each_default_and_the_papers_value() -> None:
+    """Help texts are rich markup: a default written in [brackets] would vanish from the help."""
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    paper = config.PRESETS["paper"]
+    defaults = config.TrainConfig()
+    for option in ("epochs", "lr", "optimizer", "loss"):
+        assert f"(default {getattr(defaults, option)}; --preset paper: {paper[option]})" in text, option
+    assert f"(default {defaults.dim})" in text  # the same in both

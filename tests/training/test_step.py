@@ -131,7 +131,7 @@ def test_cli_compile_trains_end_to_end(tmp_path) -> None:  # noqa: ANN001
     folder = tmp_path / "synth"
     hapnet.write_synth(folder, patients=60, seed=1)
     args = ["train", "--data", str(folder), "--epochs", "2", "--dim", "8", "--hidden", "8"]
-    args += ["--attention-dim", "4", "--preset", "paper", "--epochs", "2", "--compile"]
+    args += ["--attention-dim", "4", "--preset", "paper", "--compile"]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output

@@ -261,6 +261,26 @@ def test_unknown_model_lists_the_registry(tmp_path: Path):
     assert result.exit_code == 2 and "hap" in result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--k", "0"], "--k must be at least 1, got 0"),
+        (["--k", "-3"], "--k must be at least 1, got -3"),
+        (["--device", "gpu0"], "--device 'gpu0': expected auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_evaluate_refuses_bad_k_and_devices_in_one_line(hap_run: Path, args: list[str], message: str):
+    result = run_cli("evaluate", hap_run, *args)
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_train_refuses_an_unknown_device_before_any_work(synth_dir: Path, tmp_path: Path):
+    result = run_cli("train", "--data", synth_dir, *TINY[:-2], "--device", "tpu", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "--device 'tpu'" in result.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_evaluate_on_a_folder_that_is_not_a_run(tmp_path: Path):
     result = run_cli("evaluate", tmp_path)
     assert result.exit_code == 2 and "not a hapnet run folder" in result.output
