@@ -34,6 +34,7 @@ from hapnet.ontology.builtins import load_ontology
 from hapnet.ontology.graph import Ontology
 from hapnet.training.config import TrainConfig
 from hapnet.training.setup import build_model
+from hapnet.utils.textio import atomic_path
 
 CONFIG, METRICS, HISTORY, VOCAB, CHECKPOINT, EMBEDDINGS = (
     "config.json",
@@ -73,9 +74,9 @@ def data_fingerprint(data: VisitData) -> str:
 
 
 def write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    """`value` as JSON at `path`, replacing it only once completely written."""
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(value, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(value: Any) -> Any:
