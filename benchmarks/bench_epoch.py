@@ -35,12 +35,11 @@ from hapnet.data.loaders import load_visits
 from hapnet.data.splits import split_patients
 from hapnet.data.synth import default_data_path
 from hapnet.data.vocabulary import Vocabulary
-from hapnet.models.embedder import EmbedderConfig
 from hapnet.models.losses import next_visit_loss
 from hapnet.models.predictor import DIAGNOSIS
 from hapnet.ontology.hierarchy import Hierarchy
 from hapnet.perf.flops import BACKWARD_FACTOR, matmul_gflops, predictor_flops, propagation_flops
-from hapnet.perf.naive import NAIVE_EMBEDDERS, NaiveNextVisitModel, naive_loss, pad_matrix
+from hapnet.perf.naive import NaiveNextVisitModel, naive_training_step
 from hapnet.perf.timing import time_interleaved
 from hapnet.training.config import make_config
 from hapnet.training.optim import make_optimizer
@@ -156,20 +155,10 @@ def time_naive_epochs(config, ontology, vocab, data, train, repeats: int) -> dic
     parameters, alternated epoch by epoch."""
     order = np.random.default_rng([config.seed, 1]).permutation(train)
     chunks = [order[start : start + config.batch_size] for start in range(0, len(order), config.batch_size)]
-    hierarchy = Hierarchy.from_ontology(model_ontology(config, ontology, vocab))
     ours = build_model(config, ontology, vocab)
     ours_step = TrainingStep(ours, make_optimizer(config, ours), config.loss)
     builder = BatchBuilder(data, vocab.code_to_class)
-    reference = NaiveNextVisitModel(
-        NAIVE_EMBEDDERS[config.model](
-            hierarchy, vocab.nodes, EmbedderConfig(config.dim, config.attention_dim)
-        ),
-        len(vocab),
-        config.dim,
-        config.hidden,
-        config.dropout,
-    )
-    reference.load_from(ours)
+    reference = NaiveNextVisitModel.twin_of(ours, config.model)
     naive_optimizer = make_optimizer(config, reference)
 
     def ours_epoch() -> None:
@@ -178,11 +167,7 @@ def time_naive_epochs(config, ontology, vocab, data, train, repeats: int) -> dic
 
     def naive_epoch() -> None:
         for patients in chunks:
-            x, y, mask = pad_matrix(data, vocab.code_to_class, patients, len(vocab))
-            loss = naive_loss(reference(x), y, mask, config.loss)
-            naive_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            naive_optimizer.step()
+            naive_training_step(reference, naive_optimizer, data, vocab.code_to_class, patients, config.loss)
 
     functions = {"ours": ours_epoch, "naive": naive_epoch}
     return time_interleaved(functions, repeats, warmup=0, device=torch.device("cpu"))

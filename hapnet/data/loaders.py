@@ -27,8 +27,6 @@ from hapnet.data.visits import VisitData
 from hapnet.errors import HapnetError, InputError
 from hapnet.ontology.graph import Ontology
 
-SYNTH_MANIFEST = synth.MANIFEST
-
 
 def load_visits(
     path: str | Path | None,
@@ -55,10 +53,10 @@ def load_visits(
         raise InputError(
             path, "not found (expected a MIMIC-III/IV folder, a long CSV or a `hapnet synth` folder)"
         )
-    if path.is_file() and path.name == SYNTH_MANIFEST:
+    if path.is_file() and path.name == synth.MANIFEST:
         path = path.parent
     if path.is_dir():
-        if (path / SYNTH_MANIFEST).exists():
+        if (path / synth.MANIFEST).exists():
             rows = _read_synth_folder(path, ontology, columns)
         else:
             mimic = find_mimic(path)
@@ -125,7 +123,7 @@ def _check_options(unknown: str, min_visits: int) -> None:
 
 
 def _read_synth_folder(folder: Path, ontology: Ontology, columns: dict[str, str] | None) -> LongTable:
-    manifest_path = folder / SYNTH_MANIFEST
+    manifest_path = folder / synth.MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         data_file = folder / manifest.get("file", "visits.csv.gz")

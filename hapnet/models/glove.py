@@ -102,7 +102,7 @@ def cooccurrence(
     # Each unordered pair once (an entry pairs with the later entries of its visit), in chunks
     # of about chunk_pairs pairs; X = upper + upper^T.
     pair_ends = np.cumsum(sizes * (sizes - 1) // 2)
-    keys, sums = np.zeros(0, dtype=np.int64), np.zeros(0)  # upper triangle: key i * n + j, i < j
+    chunk_keys, chunk_sums = [np.zeros(0, dtype=np.int64)], [np.zeros(0)]  # upper triangle: i * n + j, i < j
     first = 0
     while first < len(sizes):
         done = pair_ends[first - 1] if first else 0
@@ -116,9 +116,11 @@ def cooccurrence(
             counts = np.ones(len(left))
         else:
             counts = 2.0 * multiplicity[left] * multiplicity[right]
-        chunk_keys, chunk_sums = _sum_duplicates(node[left] * num_nodes + node[right], counts)
-        keys, sums = _sum_duplicates(np.concatenate([keys, chunk_keys]), np.concatenate([sums, chunk_sums]))
+        keys, sums = _sum_duplicates(node[left] * num_nodes + node[right], counts)
+        chunk_keys.append(keys)
+        chunk_sums.append(sums)
         first = last
+    keys, sums = _sum_duplicates(np.concatenate(chunk_keys), np.concatenate(chunk_sums))  # once, at the end
     # X = upper + upper^T (nodes are sorted within a visit, so every pair has i < j: no diagonal)
     upper_rows, upper_cols = np.divmod(keys, num_nodes)
     symmetric = np.concatenate([keys, upper_cols * num_nodes + upper_rows])

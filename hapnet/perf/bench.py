@@ -26,7 +26,7 @@ from hapnet.models.registry import get_model
 from hapnet.ontology.builtins import DEFAULT_ONTOLOGY, load_ontology
 from hapnet.ontology.hierarchy import Hierarchy
 from hapnet.perf.flops import BACKWARD_FACTOR, matmul_gflops, propagation_flops, training_step_flops
-from hapnet.perf.naive import NAIVE_EMBEDDERS, NaiveNextVisitModel, naive_loss, pad_matrix
+from hapnet.perf.naive import NaiveNextVisitModel, naive_training_step
 from hapnet.perf.timing import CLOCKS, time_interleaved
 from hapnet.training.config import PRESETS, make_config
 from hapnet.training.optim import make_optimizer
@@ -152,10 +152,7 @@ def _measure(
         step = {"ours": ours_step}
         check = None
         if naive:
-            reference_embedder = NAIVE_EMBEDDERS[name](hierarchy, vocab.nodes, embed_config)
-            reference = NaiveNextVisitModel(reference_embedder, len(vocab), dim, hidden, config.dropout)
-            reference.load_from(ours)
-            reference.to(torch_device)
+            reference = NaiveNextVisitModel.twin_of(ours, name)
             reference_opt = make_optimizer(config, reference)
             with torch.no_grad():  # same parameters, same embeddings: the comparison is fair
                 check = float((reference.embedder() - ours.embedder()).abs().max())
@@ -169,13 +166,7 @@ def _measure(
             def naive_step(
                 model: NaiveNextVisitModel = reference, optimizer: torch.optim.Optimizer = reference_opt
             ) -> None:
-                x, y, mask = (
-                    t.to(torch_device) for t in pad_matrix(data, vocab.code_to_class, chosen, len(vocab))
-                )
-                loss = naive_loss(model(x), y, mask, config.loss)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                naive_training_step(model, optimizer, data, vocab.code_to_class, chosen, config.loss)
 
             propagation["naive"] = naive_propagation
             step["naive"] = naive_step

@@ -181,6 +181,18 @@ class NaiveNextVisitModel(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(hidden, num_codes)
 
+    @classmethod
+    def twin_of(cls, model: NextVisitModel, name: str) -> NaiveNextVisitModel:
+        """The naive port of `model` (registry name `name`: hap or gram): the same hierarchy,
+        vocabulary and sizes, and a copy of its parameters."""
+        embedder = model.embedder
+        naive_embedder = NAIVE_EMBEDDERS[name](embedder.hierarchy, embedder.vocab_nodes, embedder.config)
+        twin = cls(
+            naive_embedder, model.num_codes, embedder.config.dim, model.gru.hidden_size, model.dropout.p
+        )
+        twin.load_from(model)
+        return twin.to(embedder.base.weight.device)
+
     @torch.no_grad()
     def load_from(self, model: NextVisitModel) -> None:
         """Copy a `NextVisitModel` (same sizes) parameter by parameter."""
@@ -209,3 +221,23 @@ def naive_loss(logits: Tensor, y: Tensor, mask: Tensor, kind: str = "paper") -> 
         raise ValueError(f"the naive reference has no loss {kind!r}")
     steps = mask.sum(1).clamp(min=1)
     return ((per_step * mask).sum(1) / steps).mean()
+
+
+def naive_training_step(
+    model: NaiveNextVisitModel,
+    optimizer: torch.optim.Optimizer,
+    data: VisitData,
+    code_to_class: np.ndarray,
+    patients: np.ndarray,
+    loss: str,
+) -> Tensor:
+    """One training step of the naive port on `patients`, as the original code makes one: the
+    padded multi-hot batch built with Python loops, the masked loss, backward, the update."""
+    num_codes = model.output.out_features
+    device = model.output.weight.device
+    x, y, mask = (t.to(device) for t in pad_matrix(data, code_to_class, patients, num_codes))
+    value = naive_loss(model(x), y, mask, loss)
+    optimizer.zero_grad(set_to_none=True)
+    value.backward()
+    optimizer.step()
+    return value
