@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from hapnet.data.table import UNKNOWN_POLICIES
 from hapnet.errors import HapnetError
 from hapnet.training.config import TrainConfig
 
@@ -27,6 +28,10 @@ OntologyOpt = Annotated[
     str, typer.Option(help="Built-in ontology name (`hapnet ontology list`) or ontology file.")
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA if there is a GPU), cpu, cuda or cuda:N.")]
+ColumnsOpt = Annotated[
+    str | None, typer.Option(help="Long CSV column names: patient=…,visit=…,time=…,code=…")
+]
+UnknownOpt = Annotated[str, typer.Option(help=f"Codes not in the ontology: {', '.join(UNKNOWN_POLICIES)}.")]
 ThreadsOpt = Annotated[
     int | None,
     typer.Option(

@@ -34,6 +34,22 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
     return table
 
 
+def tasks_table(metrics: dict[str, Any]) -> Table | None:
+    """The auxiliary tasks' loss and accuracy per split (None when the run has none)."""
+    rows = [
+        (split, name, scores)
+        for split in ("valid", "test")
+        for name, scores in metrics.get(split, {}).get("tasks", {}).items()
+    ]
+    if not rows:
+        return None
+    measures = [key for key in rows[0][2] if key != "loss"]
+    table = Table("split", "task", *measures, "loss", title="Auxiliary tasks (next visit's categories)")
+    for split, name, scores in rows:
+        table.add_row(split, name, *[f"{scores[m]:.4f}" for m in measures], f"{scores['loss']:.4f}")
+    return table
+
+
 class RichCallbacks:
     """Progress bar per epoch and a table row per epoch."""
 

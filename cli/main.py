@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hapnet.cli import embed, inspect, models, ontology, perf, synth, train
+from hapnet.cli import data_stats, embed, inspect, models, ontology, perf, synth, train
 
 app = typer.Typer(
     help="hapnet: HAP embeddings of medical ontologies and next-visit diagnosis prediction.",
@@ -16,6 +16,7 @@ app.command()(train.train)
 app.command()(train.evaluate)
 app.command("models")(models.list_models)
 app.command()(synth.synth)
+app.command("data-stats")(data_stats.data_stats_command)
 app.command()(inspect.predict)
 app.command()(inspect.explain)
 app.command()(inspect.plot)

@@ -10,12 +10,29 @@ from typing import Annotated, Any
 import typer
 
 from hapnet.cli.common import TRAIN_DEFAULTS as DEFAULTS
-from hapnet.cli.common import AsJson, DeviceOpt, OntologyOpt, ThreadsOpt, console, user_errors
-from hapnet.cli.display import RichCallbacks, data_report_table, metrics_table
+from hapnet.cli.common import (
+    AsJson,
+    ColumnsOpt,
+    DeviceOpt,
+    OntologyOpt,
+    ThreadsOpt,
+    UnknownOpt,
+    console,
+    user_errors,
+)
+from hapnet.cli.display import RichCallbacks, data_report_table, metrics_table, tasks_table
 from hapnet.data.long_csv import parse_columns
-from hapnet.data.table import UNKNOWN_POLICIES
 from hapnet.errors import HapnetError
-from hapnet.training.config import LOSSES, OPTIMIZERS, PRESETS, PRETRAINS, make_config
+from hapnet.training.config import (
+    LOSSES,
+    OPTIMIZERS,
+    OUTPUTS,
+    PRESETS,
+    PRETRAINS,
+    TASK_WEIGHTS,
+    make_config,
+    parse_levels,
+)
 from hapnet.training.naming import run_name
 
 
@@ -55,12 +72,28 @@ def train(
         ),
     ] = None,
     pretrain: Annotated[
-        str, typer.Option(help=f"{' or '.join(PRETRAINS)} (glove + rnn/rollup = the paper's RNN+/Rollup+).")
-    ] = DEFAULTS.pretrain,
+        str | None,
+        typer.Option(
+            help=preset_help(
+                "pretrain",
+                f"{' or '.join(PRETRAINS)}: GloVe initialisation (rnn/rollup: RNN+/Rollup+).",
+            )
+        ),
+    ] = None,
     preset: Annotated[
         str | None, typer.Option(help=f"One of {', '.join(PRESETS)}: `paper` = the paper's exact settings.")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help=preset_help("epochs", "Training epochs."))] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help=preset_help("epochs", "Training epochs at most (see --patience)."))
+    ] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            help=preset_help(
+                "patience", "Stop after this many epochs without a lower validation loss; 0: never."
+            )
+        ),
+    ] = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help=preset_help("batch_size", "Patients per step."))
     ] = None,
@@ -79,6 +112,39 @@ def train(
     loss: Annotated[
         str | None, typer.Option(help=preset_help("loss", f"One of {', '.join(LOSSES)}."))
     ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            help=preset_help(
+                "output", f"One of {', '.join(OUTPUTS)}: tied = code c's output row is W g_c + u_c."
+            )
+        ),
+    ] = None,
+    aux_levels: Annotated[
+        str | None,
+        typer.Option(
+            "--aux-levels",
+            help="Also predict the next visit's categories at these ontology levels, "
+            "e.g. 1,2,3 (default none).",
+        ),
+    ] = None,
+    task_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--task-weights",
+            help=preset_help(
+                "task_weights", f"Weights of the --aux-levels tasks: {', '.join(TASK_WEIGHTS)}."
+            ),
+        ),
+    ] = None,
+    time_input: Annotated[
+        bool | None,
+        typer.Option(
+            "--time-input/--no-time-input",
+            help="The GRU also reads log(1 + days since the previous visit) "
+            "(data with visit times; default off).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (split, weights, batches).")] = DEFAULTS.seed,
     seeds: Annotated[
         str | None, typer.Option(help="Several seeds, e.g. 0-4: one run each + mean ± std table.")
@@ -93,12 +159,8 @@ def train(
         ),
     ] = DEFAULTS.compile,
     threads: ThreadsOpt = None,
-    unknown: Annotated[
-        str, typer.Option(help=f"Codes not in the ontology: {', '.join(UNKNOWN_POLICIES)}.")
-    ] = DEFAULTS.unknown,
-    columns: Annotated[
-        str | None, typer.Option(help="Long CSV column names: patient=…,visit=…,time=…,code=…")
-    ] = None,
+    unknown: UnknownOpt = DEFAULTS.unknown,
+    columns: ColumnsOpt = None,
     synth_patients: Annotated[
         int | None, typer.Option("--synth-patients", help="Size of the built-in synthetic data.")
     ] = None,
@@ -135,6 +197,11 @@ def train(
             ontology_scope=ontology_scope,
             pretrain=pretrain,
             epochs=epochs,
+            patience=patience,
+            output=output,
+            aux_levels=parse_levels(aux_levels),
+            task_weights=task_weights,
+            time_input=time_input,
             batch_size=batch_size,
             dim=dim,
             hidden=hidden,
@@ -168,6 +235,14 @@ def show_result(result: Any) -> None:
             result.metrics, f"{name}: best epoch {result.metrics['best_epoch']} (lowest valid loss)"
         )
     )
+    tasks = tasks_table(result.metrics)
+    if tasks is not None:
+        console.print(tasks)
+    if result.metrics.get("stopped_early"):
+        console.print(
+            f"stopped early after epoch {result.metrics['epochs_run']}: "
+            f"{result.config.patience} epochs without a lower validation loss"
+        )
     console.print(f"run folder: [bold]{result.run_dir}[/]")
 
 
@@ -193,3 +268,6 @@ def evaluate(
             "vocabulary (dropped)[/]"
         )
     console.print(metrics_table(result, f"{run_dir}: {result['scope']}"))
+    tasks = tasks_table(result)
+    if tasks is not None:
+        console.print(tasks)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from hapnet.data.times import parse_times
+from hapnet.data.times import SECONDS_PER_DAY, parse_times
 from hapnet.errors import InputError
 from hapnet.utils.textio import GZIP_MAGIC
 
@@ -239,11 +239,11 @@ class _Column:
         return np.asarray(distinct.to_numpy(zero_copy_only=False), dtype=str), remap[ids]
 
     def times(self, source: Path | str, first_line: int) -> np.ndarray:
-        """Row times as float (epoch seconds, or plain numbers); NaN = missing. Consumes the column."""
+        """Row times as float epoch seconds (numbers count days); NaN = missing. Consumes the column."""
         if self._kind == "time":
             return np.concatenate(self._take_parts())
         if self._kind == "int":
-            return np.concatenate(self._take_parts()).astype(np.float64)
+            return np.concatenate(self._take_parts()).astype(np.float64) * SECONDS_PER_DAY
         distinct, ids = self.factorize()
         return parse_times(distinct, ids, source, first_line)[ids]
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from hapnet.data.csv_stream import CsvFile, stream_columns
 from hapnet.data.table import LongTable, drop_empty_patient
-from hapnet.data.times import parse_times, visits_by_time
+from hapnet.data.times import SECONDS_PER_DAY, parse_times, visits_by_time
 from hapnet.errors import HapnetError, InputError
 
 ROLES = ("patient", "visit", "time", "code")
@@ -142,7 +142,7 @@ def rows_from_frame(frame: pd.DataFrame, columns: dict[str, str] | None, source:
             row_time = times.to_numpy(dtype="datetime64[s]").astype(np.int64).astype(np.float64)
             row_time[times.isna().to_numpy()] = np.nan
         elif pd.api.types.is_numeric_dtype(times):
-            row_time = times.to_numpy(dtype=np.float64)
+            row_time = times.to_numpy(dtype=np.float64) * SECONDS_PER_DAY
         else:
             time_ids, time_names = pd.factorize(times.astype(str).str.strip())
             row_time = parse_times(np.asarray(time_names, dtype=str), time_ids, source, 0)[time_ids]

@@ -1,30 +1,29 @@
 """The synthetic EHR generator behind `hapnet synth`: realistic visit sequences on any ontology.
 
 Not noise: the data has the structure that makes the hierarchy worth using.
-- Latent conditions live at CATEGORY level (the parent of the observable codes), with Zipf-like
-  prevalence. A condition emits codes from its category, Zipf-like within the category (only the
-  first `codes_per_category` codes of a category are in use, as in real data most ICD codes are
-  never coded), so rare codes co-occur with their frequent siblings and the hierarchy carries
-  signal for them.
-- Chronic conditions recur across visits, sometimes with the same specific code, more often with
-  another code of their category (a complication, a more specific diagnosis): the category is
-  what persists. Acute ones come and go.
-- Progression: a condition may lead, at a later visit, to a related category (a sibling under
-  the same parent, or a cousin when the category has no sibling): half the time the category's
-  fixed successor, otherwise a random relative.
+- A population code distribution: categories (the parents of the observable codes) with
+  Zipf-Mandelbrot prevalence, codes Zipf-like within a category (only the first
+  `codes_per_category` in use, as in real data most ICD codes are never coded). Which categories
+  and codes are common is drawn once from `population_seed`; the seed of a call draws patients.
+- Latent conditions at category level: a few at the first visit, new ones at every later visit
+  (a share of them a progression to a category related to one the patient had: a sibling under
+  the same parent, or a cousin when the category has no sibling). A shown condition writes its
+  code and a few more of its category, so rare codes co-occur with frequent siblings.
+- Chronic conditions recur, with the same code or another of their category (a complication, a
+  more specific diagnosis); acute ones rarely come back.
 - Comorbidities: frequent codes that stay with a patient and show in most visits.
-- Background codes: incidental diagnoses from the population distribution. Comorbidities and
-  background draw from it sharpened toward frequent codes, so the long tail comes mostly from
-  conditions: a rare code usually belongs to a category the patient has.
-- 2+ visits per patient (negative binomial: most have 2-3, a few 10 or more), 5-30 codes a visit.
+- Rare codes: any code of a category, uniformly: the long tail of codes seen once or twice.
+- Visit sizes come first (1 + negative binomial, at most `max_codes`): a visit keeps a random
+  subset of its condition codes, or is filled with background codes from the population.
+- 2+ visits per patient: negative binomial, plus a few frequent visitors with a long tail.
 
 Everything is numpy over whole blocks of patients (no Python loop per patient, visit or code).
 A block of `BLOCK_PATIENTS` patients draws from its own seed, so the output for a seed is the
 same however it is consumed (`generate` builds a DataFrame, `write_synth` streams to disk).
-Defaults are calibrated so that 7,500 patients on icd9-ccs look like MIMIC-III: about 20k visits,
-4.9k distinct codes and 13 codes per visit; and, as in the MIMIC-III demo, most next-visit codes
-of the frequent groups were seen before by the patient (~70%), while for the rarest group it is
-about a quarter exact repeats, a third siblings of earlier codes and the rest new.
+The defaults are calibrated (with `hapnet.data.synth_fit`) so that 7,500 patients on icd9-ccs with
+seed 0 give every figure of `hapnet data-stats` within 10% of MIMIC-III's
+(hapnet/data/reference/mimic3-aggregate-stats.json): visits per patient, codes per visit, the
+code frequency distribution and how much of each next visit the patient had before.
 """
 
 from __future__ import annotations
@@ -52,38 +51,49 @@ BLOCK_PATIENTS = 50_000  # patients per independently seeded block (part of the 
 DATA_FILE = "visits.csv.gz"
 MANIFEST = "synth.json"
 FORMAT_VERSION = 1
-GENERATOR_VERSION = 2  # bumped whenever the same settings and seed give other data
+GENERATOR_VERSION = 3  # bumped whenever the same settings and seed give other data
 _EPOCH_DAY = np.datetime64("2000-01-01", "D")  # synthetic dates are days after this
 _EPOCH_DAY_UNIX = int((_EPOCH_DAY - np.datetime64("1970-01-01", "D")).astype(np.int64))
 
 
 @dataclass(frozen=True)
 class SynthSettings:
-    """Generator knobs; the defaults give MIMIC-III's shape on icd9-ccs."""
+    """Generator knobs; the defaults give MIMIC-III's figures on icd9-ccs (every figure of
+    `hapnet data-stats` within 10% of hapnet/data/reference/mimic3-aggregate-stats.json)."""
 
-    category_zipf: float = 1.2  # prevalence of categories by (random) rank: (rank+1+offset)^-a
-    category_offset: float = 40.0  # Zipf-Mandelbrot offset: flattens the head of the categories
-    code_zipf: float = 1.0  # frequency of codes within a category by (random) rank
-    codes_per_category: int = 16  # codes in use per category (the rest never occur); 0 = all
-    extra_visits_mean: float = 0.66  # visits per patient = 2 + negative binomial with this mean
-    extra_visits_shape: float = 0.25  # smaller = heavier tail of frequent visitors
-    max_visits: int = 40
-    conditions_mean: float = 4.0  # latent conditions per patient at the start (1 + Poisson)
-    chronic_fraction: float = 0.5
-    onset_at_first_visit: float = 0.6  # else the condition starts at a random later visit
-    chronic_presence: float = 0.85  # chance a chronic condition shows in a later visit
-    chronic_same_code: float = 0.3  # chance it shows as its own code (else another of its category)
-    acute_presence: float = 0.25  # chance an acute condition shows again after its onset
-    chronic_extra_codes: float = 1.5  # Poisson codes from the category besides the chronic code
-    acute_codes: float = 2.5  # Poisson codes from the category besides the first one
-    progression: float = 0.35  # chance a condition leads to a related category later
+    # The population's code distribution: category prevalence x frequency within the category,
+    # ranked at random by population_seed (the seed of `generate` only draws patients from it).
+    population_seed: int = 0
+    category_zipf: float = 1.32  # prevalence of categories by (random) rank: (rank+1+offset)^-a
+    category_offset: float = 18.0  # Zipf-Mandelbrot offset: flattens the head of the categories
+    code_zipf: float = 2.12  # frequency of codes within a category by (random) rank
+    codes_per_category: int = 50  # codes in use per category (the rest never occur); 0 = all
+    # Visits per patient: 2 + negative binomial, and a few frequent visitors with a long tail.
+    extra_visits_mean: float = 0.42
+    extra_visits_shape: float = 0.7  # smaller = more patients with 4+ visits
+    frequent_visitors: float = 0.032  # share of patients with many visits
+    frequent_visits_mean: float = 8.8  # extra visits of a frequent visitor (geometric)
+    max_visits: int = 42
+    # Codes per visit: 1 + negative binomial, at most max_codes (a hospital's coding form).
+    codes_per_visit_mean: float = 13.0
+    codes_per_visit_shape: float = 5.94  # larger = visit sizes closer to the mean
+    min_codes: int = 1
+    max_codes: int = 39
+    # Latent conditions at category level.
+    conditions_mean: float = 3.19  # conditions at the first visit (1 + Poisson)
+    new_conditions: float = 1.6  # conditions starting at each later visit (Poisson)
+    progression: float = 0.68  # share of new conditions related to an earlier one (same parent)
     successor_share: float = 0.5  # share of progressions to the category's fixed successor
-    comorbidities_mean: float = 5.5  # frequent codes that stay with a patient (Poisson)
-    comorbidity_presence: float = 0.92  # chance a comorbidity shows in a visit
-    background_codes: float = 2.0  # incidental codes per visit from the population (Poisson)
-    background_sharpness: float = 1.7  # > 1 concentrates background codes on frequent ones
-    min_codes: int = 5
-    max_codes: int = 30
+    condition_codes: float = 1.5  # codes of the category a shown condition adds (Poisson, + 1)
+    chronic_fraction: float = 0.5
+    chronic_presence: float = 0.948  # chance a chronic condition shows in a later visit
+    chronic_same_code: float = 0.647  # chance it shows as its own code (else another of its category)
+    acute_presence: float = 0.1  # chance an acute condition shows again after its onset
+    # Comorbidities: frequent codes that stay with a patient (hypertension, diabetes).
+    comorbidities_mean: float = 2.83  # per patient (Poisson)
+    comorbidity_presence: float = 0.824  # chance a comorbidity shows in a visit
+    comorbidity_sharpness: float = 2.2  # > 1 concentrates comorbidities on frequent codes
+    rare_codes: float = 0.16  # per visit (Poisson): any code of a category, the long tail
     mean_days_between_visits: float = 200.0
 
 
@@ -98,6 +108,7 @@ class _Universe:
     cat_cumulative: np.ndarray  # [L] k + cumulative within-category weight (segment searchsorted)
     cat_cumulative_weight: np.ndarray  # [K] cumulative category prevalence, normalised
     global_cumulative: np.ndarray  # [L] cumulative population frequency of each code
+    comorbid_cumulative: np.ndarray  # [L] the same, sharpened toward frequent codes
     successor: np.ndarray  # [K] the fixed successor category
     relative_offsets: np.ndarray  # [G+1] categories sharing a parent (or grandparent)
     relatives: np.ndarray  # [K] categories grouped by relative group
@@ -134,9 +145,13 @@ class _Universe:
         cat_rank = rng.permutation(num_categories)
         cat_weight = (cat_rank + 1.0 + settings.category_offset) ** -settings.category_zipf
         cat_weight /= cat_weight.sum()
-        global_weight = (cat_weight[cat_of_leaf] * within_norm) ** settings.background_sharpness
+        # Conditions draw a category, then a code in it: the same distribution as background
+        # codes, so every mechanism below keeps the population's code frequencies.
+        global_weight = cat_weight[cat_of_leaf] * within_norm
         global_cumulative = np.cumsum(global_weight)
         global_cumulative /= global_cumulative[-1]
+        comorbid_cumulative = np.cumsum(global_weight**settings.comorbidity_sharpness)
+        comorbid_cumulative /= comorbid_cumulative[-1]
 
         # Relatives: categories under the same parent; an only child looks one level up (cousins).
         cat_parent = first_parent[categories]
@@ -154,6 +169,7 @@ class _Universe:
             cat_cumulative=cat_cumulative,
             cat_cumulative_weight=np.cumsum(cat_weight),
             global_cumulative=global_cumulative,
+            comorbid_cumulative=comorbid_cumulative,
             successor=successor,
             relative_offsets=relative_offsets,
             relatives=relatives,
@@ -175,6 +191,10 @@ class _Universe:
 
     def sample_background(self, rng: np.random.Generator, n: int) -> np.ndarray:
         found = np.searchsorted(self.global_cumulative, rng.random(n), side="right")
+        return np.minimum(found, len(self.leaf_ids) - 1)
+
+    def sample_comorbid(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        found = np.searchsorted(self.comorbid_cumulative, rng.random(n), side="right")
         return np.minimum(found, len(self.leaf_ids) - 1)
 
 
@@ -215,98 +235,96 @@ class SynthBlock:
     num_visits: int
 
 
+def draw_visit_counts(rng: np.random.Generator, n: int, s: SynthSettings) -> np.ndarray:
+    """Visits of `n` patients: 2 + negative binomial (gamma-Poisson); a few frequent visitors add
+    a geometric number of visits, which makes the long tail (a handful with 20-40 visits)."""
+    extra = rng.poisson(rng.gamma(s.extra_visits_shape, s.extra_visits_mean / s.extra_visits_shape, n))
+    frequent = rng.random(n) < s.frequent_visitors
+    extra[frequent] += rng.geometric(1.0 / (1.0 + s.frequent_visits_mean), int(frequent.sum())) - 1
+    return np.minimum(2 + extra, s.max_visits)
+
+
+def draw_visit_sizes(rng: np.random.Generator, n: int, s: SynthSettings) -> np.ndarray:
+    """Codes in each of `n` visits: 1 + negative binomial, within min_codes..max_codes."""
+    rate = rng.gamma(s.codes_per_visit_shape, (s.codes_per_visit_mean - 1) / s.codes_per_visit_shape, n)
+    return np.clip(1 + rng.poisson(rate), s.min_codes, s.max_codes)
+
+
 def _generate_block(
     universe: _Universe, rng: np.random.Generator, num_patients: int, settings: SynthSettings
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(visit_patient, visit_day, row_visit, row_code) for one block, visits in time order."""
     s = settings
-    # Visits per patient: 2 + negative binomial (gamma-Poisson), a heavy tail of frequent visitors.
-    rate = rng.gamma(s.extra_visits_shape, s.extra_visits_mean / s.extra_visits_shape, num_patients)
-    n_visits = np.minimum(2 + rng.poisson(rate), s.max_visits)
+    n_visits = draw_visit_counts(rng, num_patients, s)
     visit_offsets = np.concatenate([[0], np.cumsum(n_visits)])
-    visit_patient, _ = _ranges(n_visits)
+    visit_patient, visit_step = _ranges(n_visits)
     num_visits = len(visit_patient)
 
-    # Latent conditions at category level, each with an onset visit.
-    n_conditions = 1 + rng.poisson(s.conditions_mean - 1, num_patients)
-    cond_patient, _ = _ranges(n_conditions)
-    cond_category = universe.sample_categories(rng, len(cond_patient))
-    last_visit = n_visits[cond_patient] - 1
-    late = rng.random(len(cond_patient)) >= s.onset_at_first_visit
-    cond_onset = np.where(late, (rng.random(len(cond_patient)) * (last_visit + 1)).astype(np.int64), 0)
-
-    # Progression: a condition leads to a related category at a later visit.
-    progresses = (rng.random(len(cond_patient)) < s.progression) & (cond_onset < last_visit)
-    source = np.flatnonzero(progresses)
-    to_successor = rng.random(len(source)) < s.successor_share
-    related = _pick_relative(
-        rng, cond_category[source], universe.group_of, universe.relative_offsets, universe.relatives
-    )
-    new_category = np.where(to_successor, universe.successor[cond_category[source]], related)
-    gap = last_visit[source] - cond_onset[source]
-    new_onset = cond_onset[source] + 1 + (rng.random(len(source)) * gap).astype(np.int64)
-    cond_patient = np.concatenate([cond_patient, cond_patient[source]])
-    cond_category = np.concatenate([cond_category, new_category])
-    cond_onset = np.concatenate([cond_onset, new_onset])
+    # Latent conditions at category level: some at the first visit, new ones at later visits
+    # (a share of them related to one of the first: a progression to a sibling category).
+    n_first = 1 + rng.poisson(s.conditions_mean - 1, num_patients)
+    first_patient, _ = _ranges(n_first)
+    first_category = universe.sample_categories(rng, len(first_patient))
+    later_visits = np.flatnonzero(visit_step > 0)
+    n_new = rng.poisson(s.new_conditions, len(later_visits))
+    new_visit = np.repeat(later_visits, n_new)
+    new_patient = visit_patient[new_visit]
+    new_category = universe.sample_categories(rng, len(new_visit))
+    related = rng.random(len(new_visit)) < s.progression
+    first_start = np.concatenate([[0], np.cumsum(n_first)])
+    owner = new_patient[related]  # relates to one of its patient's first conditions, at random
+    origin = first_category[first_start[owner] + (rng.random(len(owner)) * n_first[owner]).astype(np.int64)]
+    to_successor = rng.random(len(origin)) < s.successor_share
+    relative = _pick_relative(rng, origin, universe.group_of, universe.relative_offsets, universe.relatives)
+    new_category[related] = np.where(to_successor, universe.successor[origin], relative)
+    cond_patient = np.concatenate([first_patient, new_patient])
+    cond_category = np.concatenate([first_category, new_category])
+    cond_onset = np.concatenate([np.zeros(len(first_patient), dtype=np.int64), visit_step[new_visit]])
     num_conditions = len(cond_patient)
     chronic = rng.random(num_conditions) < s.chronic_fraction
-    chronic_code = universe.sample_in_category(rng, cond_category)  # the code that recurs
+    own_code = universe.sample_in_category(rng, cond_category)  # the code a condition starts with
 
     # (condition, visit) pairs from the onset on; the onset visit always shows the condition.
-    active_visits = n_visits[cond_patient] - cond_onset
-    pair_cond, step = _ranges(active_visits)
+    pair_cond, step = _ranges(n_visits[cond_patient] - cond_onset)
     presence = np.where(chronic[pair_cond], s.chronic_presence, s.acute_presence)
     shown = (step == 0) | (rng.random(len(pair_cond)) < presence)
     pair_cond, step = pair_cond[shown], step[shown]
     pair_visit = visit_offsets[cond_patient[pair_cond]] + cond_onset[pair_cond] + step
-    pair_chronic = chronic[pair_cond]
-
-    # Codes of each shown condition: chronic -> its own code + a few from the category;
-    # acute -> 1 + a few from the category.
-    extra = rng.poisson(np.where(pair_chronic, s.chronic_extra_codes, s.acute_codes))
-    drawn = extra + (~pair_chronic)
-    draw_pair, _ = _ranges(drawn)
+    # A shown condition writes one code (its own at onset; later, a chronic one keeps its code
+    # with chronic_same_code, else another of its category: a complication, a more specific
+    # diagnosis) and a few more codes of its category.
+    head_code = own_code[pair_cond]
+    varied = (step > 0) & (rng.random(len(pair_cond)) >= s.chronic_same_code)
+    head_code[varied] = universe.sample_in_category(rng, cond_category[pair_cond[varied]])
+    draw_pair, _ = _ranges(rng.poisson(s.condition_codes, len(pair_cond)))
     drawn_codes = universe.sample_in_category(rng, cond_category[pair_cond[draw_pair]])
-    # A chronic condition shows its own code, or (a complication, a more specific diagnosis)
-    # another code of its category: the category, not the code, is what persists.
-    chronic_pairs = np.flatnonzero(pair_chronic)
-    varied = rng.random(len(chronic_pairs)) >= s.chronic_same_code
-    chronic_shown = chronic_code[pair_cond[chronic_pairs]]
-    chronic_shown[varied] = universe.sample_in_category(rng, cond_category[pair_cond[chronic_pairs[varied]]])
 
     # Comorbidities: frequent codes of the population that stay with a patient (hypertension,
     # diabetes...) and show in most of their visits.
-    n_comorbid = rng.poisson(s.comorbidities_mean, num_patients)
-    comorbid_patient, _ = _ranges(n_comorbid)
-    comorbid_code = universe.sample_background(rng, len(comorbid_patient))
+    comorbid_patient, _ = _ranges(rng.poisson(s.comorbidities_mean, num_patients))
+    comorbid_code = universe.sample_comorbid(rng, len(comorbid_patient))
     comorbid_pair, comorbid_step = _ranges(n_visits[comorbid_patient])
     shown = rng.random(len(comorbid_pair)) < s.comorbidity_presence
     comorbid_pair = comorbid_pair[shown]
     comorbid_visit = visit_offsets[comorbid_patient[comorbid_pair]] + comorbid_step[shown]
 
-    # Background codes (incidental), topping every visit up to min_codes.
-    condition_codes = np.bincount(pair_visit, weights=drawn + pair_chronic, minlength=num_visits)
-    condition_codes += np.bincount(comorbid_visit, minlength=num_visits)
-    n_background = np.maximum(rng.poisson(s.background_codes, num_visits), s.min_codes - condition_codes)
-    n_background = n_background.astype(np.int64)
-    background_visit, _ = _ranges(n_background)
+    # Rare codes: any code of a category, uniformly (codes a population shows once or twice).
+    rare_visit, _ = _ranges(rng.poisson(s.rare_codes, num_visits))
+    rare_category = universe.sample_categories(rng, len(rare_visit))
+    low, high = universe.cat_offsets[rare_category], universe.cat_offsets[rare_category + 1]
+    rare_code = low + (rng.random(len(rare_visit)) * (high - low)).astype(np.int64)
 
-    row_visit = np.concatenate(
-        [pair_visit[chronic_pairs], pair_visit[draw_pair], comorbid_visit, background_visit]
-    )
-    row_code = np.concatenate(
-        [
-            chronic_shown,
-            drawn_codes,
-            comorbid_code[comorbid_pair],
-            universe.sample_background(rng, int(n_background.sum())),
-        ]
-    )
-    # One row per distinct code in a visit; top visits that fell below min_codes up again.
+    row_visit = np.concatenate([pair_visit, pair_visit[draw_pair], comorbid_visit, rare_visit])
+    row_code = np.concatenate([head_code, drawn_codes, comorbid_code[comorbid_pair], rare_code])
     num_leaves = len(universe.leaf_ids)
     row_visit, row_code = _distinct(row_visit, row_code, num_leaves)
+
+    # The visit's size comes first (1 + negative binomial, at most max_codes): a visit with more
+    # condition codes than that keeps a random subset, one with fewer gets background codes
+    # (incidental diagnoses from the population) to fill it.
+    size = draw_visit_sizes(rng, num_visits, s)
     for _ in range(8):
-        short = s.min_codes - np.bincount(row_visit, minlength=num_visits)
+        short = size - np.bincount(row_visit, minlength=num_visits)
         short_visits = np.flatnonzero(short > 0)
         if len(short_visits) == 0:
             break
@@ -314,12 +332,11 @@ def _generate_block(
         row_visit = np.concatenate([row_visit, top_up_visit])
         row_code = np.concatenate([row_code, universe.sample_background(rng, len(top_up_visit))])
         row_visit, row_code = _distinct(row_visit, row_code, num_leaves)
-    # At most max_codes per visit (a random choice), in random order within the visit.
+    # At most `size` codes per visit (a random choice), in random order within the visit.
     order = np.lexsort((rng.random(len(row_visit)), row_visit))
     row_visit, row_code = row_visit[order], row_code[order]
-    sizes = np.bincount(row_visit, minlength=num_visits)
-    position = range_positions(sizes)  # row_visit is sorted: rows of a visit are consecutive
-    keep = position < s.max_codes
+    position = range_positions(np.bincount(row_visit, minlength=num_visits))
+    keep = position < size[row_visit]
     row_visit, row_code = row_visit[keep], row_code[keep]
 
     # Dates: a start day per patient, then gaps of 1 + exponential days.
@@ -337,7 +354,8 @@ def iter_blocks(
     """Generate `patients` patients block by block (bounded memory for millions of patients)."""
     settings = settings or SynthSettings()
     _check(patients, settings)
-    universe = _Universe.build(ontology, np.random.default_rng([seed, 0]), settings)
+    # The population (which codes are common) is the settings'; the seed draws its patients.
+    universe = _Universe.build(ontology, np.random.default_rng([settings.population_seed, 0]), settings)
     first_patient, first_visit = 0, 0
     for block, start in enumerate(range(0, patients, BLOCK_PATIENTS)):
         count = min(BLOCK_PATIENTS, patients - start)
@@ -368,6 +386,8 @@ def _check(patients: int, settings: SynthSettings) -> None:
         )
     if settings.max_visits < 2:
         raise HapnetError("max_visits must be at least 2")
+    if settings.conditions_mean < 1:
+        raise HapnetError("conditions_mean must be at least 1 (every patient has a condition)")
 
 
 def _resolve_ontology(ontology: Ontology | str) -> Ontology:
@@ -403,6 +423,27 @@ def generate(
     )
 
 
+def generate_visit_arrays(
+    ontology: Ontology | str = DEFAULT_ONTOLOGY,
+    patients: int = DEFAULT_PATIENTS,
+    seed: int = 0,
+    settings: SynthSettings | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same data as `generate`, as `VisitData`'s CSR arrays: (patient_offsets, visit_offsets,
+    codes as ontology node indices). What the settings fit measures, without a DataFrame."""
+    ontology = _resolve_ontology(ontology)
+    visit_sizes, visits_of_patient, nodes = [], [], []
+    for universe, block in iter_blocks(ontology, patients, seed, settings):
+        first_row = np.flatnonzero(np.r_[True, block.visit[1:] != block.visit[:-1]])
+        visit_sizes.append(np.diff(np.r_[first_row, len(block.visit)]))
+        owner = block.patient[first_row] - block.patient[0]
+        visits_of_patient.append(np.bincount(owner, minlength=block.num_patients))
+        nodes.append(universe.leaf_nodes[block.code])
+    patient_offsets = np.concatenate([[0], np.cumsum(np.concatenate(visits_of_patient))])
+    visit_offsets = np.concatenate([[0], np.cumsum(np.concatenate(visit_sizes))])
+    return patient_offsets, visit_offsets, np.concatenate(nodes)
+
+
 def write_synth(
     out_dir: str | Path,
     ontology: Ontology | str = DEFAULT_ONTOLOGY,
@@ -411,11 +452,13 @@ def write_synth(
     *,
     settings: SynthSettings | None = None,
     force: bool = False,
+    extra: dict | None = None,
 ) -> Path:
     """Write `visits.csv.gz` (patient,visit,time,code) and `synth.json` to a new folder, atomically.
 
     Refuses an existing `out_dir` unless `force`. Returns the folder; `synth.json` holds the
-    settings and the figures (patients, visits, rows, distinct codes).
+    settings and the figures (patients, visits, rows, distinct codes), and `extra` (what
+    `--like` fitted the settings to).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
@@ -464,6 +507,7 @@ def write_synth(
             "distinct_codes": int(seen.sum()),
             "codes_per_visit": round(rows / visits, 3),
             "settings": asdict(settings),
+            **(extra or {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return out_dir

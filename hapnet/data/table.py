@@ -31,7 +31,7 @@ class LongTable:
     patient_names: np.ndarray  # [P] str, first-appearance order
     patient: np.ndarray  # int64 [R] index into patient_names; -1 = no patient (orphan row)
     visit: np.ndarray  # int64 [R] visit key, unique within a patient
-    time: np.ndarray | None  # float64 [R] seconds (or plain numbers), NaN = missing
+    time: np.ndarray | None  # float64 [R] epoch seconds (numeric times: days * 86,400), NaN = missing
     code_names: list[str]  # distinct raw codes (stripped), first-appearance order
     code: np.ndarray  # int64 [R] index into code_names
     first_line: int | None = None  # file line of row 0 (rows are file order), for messages
@@ -86,8 +86,10 @@ def assemble(rows: LongTable, ontology: Ontology, unknown: str, min_visits: int)
         visit_time = np.full(num_visits_all, np.nan)
         np.fmin.at(visit_time, visit_of_valid, rows.time if all_valid else rows.time[valid])  # earliest
         visit_order = np.lexsort((first_seen, visit_time, visit_patient))
+        visit_time = visit_time[visit_order]
     else:
         visit_order = np.lexsort((first_seen, visit_patient))
+        visit_time = None
     del visit_of_valid  # row_visit holds it (or a copy)
     rank = np.empty(num_visits_all, dtype=np.int64)
     rank[visit_order] = np.arange(num_visits_all)
@@ -155,7 +157,8 @@ def assemble(rows: LongTable, ontology: Ontology, unknown: str, min_visits: int)
         min_visits=min_visits,
         notes=list(rows.notes),
     )
-    return VisitData(ontology, patient_ids, patient_offsets, visit_offsets, codes, report)
+    times = None if visit_time is None else visit_time[keep_visit]
+    return VisitData(ontology, patient_ids, patient_offsets, visit_offsets, codes, report, times)
 
 
 _STATUS_CODES = {EXACT: 0, MAPPED: 1, "unknown": 2, "empty": 3}

@@ -10,11 +10,13 @@ from pandas.tseries.api import guess_datetime_format
 
 from hapnet.errors import InputError
 
+SECONDS_PER_DAY = 86_400.0  # a numeric time column counts days (times are held as seconds)
+
 
 def parse_times(values: np.ndarray, ids: np.ndarray, source: Path | str, first_line: int) -> np.ndarray:
-    """Distinct time strings -> float (epoch seconds, or the numbers themselves); NaN = empty.
+    """Distinct time strings -> float epoch seconds; NaN = empty.
 
-    Parsed once per distinct value. Plain numbers (day 3, visit 7) order as numbers; dates
+    Parsed once per distinct value. Plain numbers (day 3, visit 7) count as days; dates
     try ISO 8601, then the format guessed from the first other value. Anything else is an error
     that names the first bad value and its line.
     """
@@ -22,7 +24,7 @@ def parse_times(values: np.ndarray, ids: np.ndarray, source: Path | str, first_l
     empty = (text == "").to_numpy()
     numbers = pd.to_numeric(text, errors="coerce")
     if numbers[~empty].notna().all():
-        return numbers.to_numpy(dtype=np.float64)
+        return numbers.to_numpy(dtype=np.float64) * SECONDS_PER_DAY
     # pandas reads "now" and "today" as the current clock time: never a date of the data.
     clock = text.str.strip().str.lower().isin(("now", "today")).to_numpy()
     # utc=True: times with an offset (Z, +01:00) become instants, naive times count as UTC;

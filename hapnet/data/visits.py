@@ -112,6 +112,9 @@ class VisitData:
     visit_offsets: np.ndarray  # int64 [V+1] into codes
     codes: np.ndarray  # int64 [C] ontology node indices
     report: DataReport
+    # float64 [V] time of each visit in seconds (epoch seconds for dates; a numeric time column
+    # counts days); NaN where missing. None: the source has no times.
+    visit_times: np.ndarray | None = None
 
     @property
     def num_patients(self) -> int:
@@ -152,8 +155,9 @@ class VisitData:
             distinct_codes=count_distinct(codes),
             notes=list(self.report.notes),
         )
+        times = None if self.visit_times is None else self.visit_times[visit_index]
         return VisitData(
-            self.ontology, self.patient_ids[chosen], patient_offsets, visit_offsets, codes, report
+            self.ontology, self.patient_ids[chosen], patient_offsets, visit_offsets, codes, report, times
         )
 
 

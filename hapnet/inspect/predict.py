@@ -117,6 +117,11 @@ def next_visit_probabilities(run: Run, visits: Sequence[np.ndarray]) -> np.ndarr
     An empty target visit is appended so that the training `BatchBuilder` yields one step per
     visit; the last step's logits score the visit after the history.
     """
+    if run.config.time_input:
+        raise HapnetError(
+            f"{run.path}: this run reads the days between visits (--time-input), which predict "
+            "does not take; evaluate it on data with visit times instead"
+        )
     lengths = [len(v) for v in visits] + [0]
     data = SimpleNamespace(
         patient_offsets=np.array([0, len(lengths)], dtype=np.int64),

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from hapnet.data.batches import Batch
+from hapnet.models.predictor import DIAGNOSIS
 
 LOSSES = ("paper", "softmax", "bce")  # also the choices of `TrainConfig.loss` (tests hold them equal)
 
@@ -54,20 +55,21 @@ class _PaperLoss(torch.autograd.Function):
         return a.mul_(scale).addcmul_(p, sum_a, value=-1), None, None
 
 
-def next_visit_loss(logits: torch.Tensor, batch: Batch, kind: str) -> torch.Tensor:
+def next_visit_loss(logits: torch.Tensor, batch: Batch, kind: str, task: str | None = None) -> torch.Tensor:
     """Per patient: loss summed over its predicted steps / its number of steps; batch mean.
 
     kind "paper": -sum_c [y log p + (1-y) log(1-p)] with p = softmax (docs/algorithms.md);
     "softmax": -sum_c y log p / |y| (multi-label softmax cross-entropy);
     "bce": sigmoid binary cross-entropy summed over codes.
+    `task`: an auxiliary task's targets (`Batch.aux_targets`); None: the diagnosis codes.
     """
     if kind == "paper":
-        per_step = _PaperLoss.apply(logits, batch.target_rows, batch.target_codes)
+        per_step = _PaperLoss.apply(logits, *batch.task_targets(task))
     elif kind == "softmax":
-        y = batch.targets(logits.shape[1])
+        y = batch.targets(logits.shape[1], task)
         per_step = -(y * torch.log_softmax(logits, dim=1)).sum(1) / y.sum(1).clamp(min=1)
     elif kind == "bce":
-        y = batch.targets(logits.shape[1])
+        y = batch.targets(logits.shape[1], task)
         per_step = F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(1)
     else:
         raise ValueError(f"unknown loss {kind!r}; choose from {', '.join(LOSSES)}")
@@ -75,3 +77,22 @@ def next_visit_loss(logits: torch.Tensor, batch: Batch, kind: str) -> torch.Tens
     per_patient.index_add_(0, batch.step_patient, per_step)
     steps = torch.bincount(batch.step_patient, minlength=batch.num_patients).clamp(min=1)
     return (per_patient / steps).mean()
+
+
+def multi_task_loss(
+    logits: dict[str, torch.Tensor], batch: Batch, kind: str, log_vars: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(objective, diagnosis loss) over every head of `logits`, the diagnosis first.
+
+    Without `log_vars`: the sum of the task losses (equal weights). With them (one learned
+    log-variance s_t per task; Kendall, Gal & Cipolla 2018): sum_t exp(-s_t) L_t + s_t, so that a
+    task's weight exp(-s_t) falls as its loss stays high, and s_t cannot grow for free.
+    """
+    losses = torch.stack(
+        [
+            next_visit_loss(out, batch, kind, None if name == DIAGNOSIS else name)
+            for name, out in logits.items()
+        ]
+    )
+    objective = losses.sum() if log_vars is None else (torch.exp(-log_vars) * losses + log_vars).sum()
+    return objective, losses[0]

@@ -112,3 +112,18 @@ def ancestor_sets(ontology: Ontology) -> list[frozenset[int]]:
                 acc |= result[p]
             result[node] = frozenset(acc)
     return result
+
+
+def ancestors_at_level(ontology: Ontology, nodes: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ancestors at `level` of each of `nodes`, as CSR (offsets [len(nodes)+1], ancestors).
+
+    A node at `level` or above has none; in a DAG a node may have several. Uses the ontology's
+    (truncated) edges; levels are longest paths from the root.
+    """
+    nodes = np.asarray(nodes, dtype=np.int64)
+    above = ancestor_sets(ontology)
+    lists = [sorted(a for a in above[n] if ontology.levels[a] == level) for n in nodes]
+    offsets = np.zeros(len(nodes) + 1, dtype=np.int64)
+    np.cumsum([len(x) for x in lists], out=offsets[1:])
+    flat = np.fromiter((a for x in lists for a in x), dtype=np.int64, count=int(offsets[-1]))
+    return offsets, flat

@@ -18,6 +18,8 @@ LOSSES = ("paper", "softmax", "bce")  # hapnet.models.losses.LOSSES (torch-free 
 # "observed": the ontology's codes seen in the data and their ancestors (the papers' code builds
 # only these: build_trees.py); "full": every node of the ontology, trained or not.
 ONTOLOGY_SCOPES = ("observed", "full")
+OUTPUTS = ("free", "tied")  # hapnet.models.predictor.OUTPUTS (torch-free here, for the CLI)
+TASK_WEIGHTS = ("learned", "equal")  # hapnet.models.predictor.TASK_WEIGHTS
 
 
 @dataclass
@@ -29,17 +31,24 @@ class TrainConfig:
     data: str | None = None  # None: built-in synthetic data
     levels: int | None = None
     ontology_scope: str = "observed"
-    pretrain: str = "none"  # "glove" or "none"
-    epochs: int = 15
+    pretrain: str = "glove"  # GloVe initialisation ("none": random), rescaled like the random init
+    # The paper's training (Adadelta, its loss) stopped early, with GloVe and the tied output: the
+    # best of 5 seeds on the synthetic data calibrated to MIMIC-III (docs/training.md, docs/results/).
+    epochs: int = 50  # at most: early stopping (patience) ends a run after ~12
+    patience: int = 5  # stop after this many epochs without a lower validation loss; 0 = never
     batch_size: int = 100
     dim: int = 400  # d 128 measured far worse on MIMIC-sized data (RNN accuracy@20 0.304 vs 0.371)
     hidden: int = 400
     attention_dim: int = 100
     dropout: float = 0.4
-    optimizer: str = "adam"
-    lr: float = 2e-3
+    optimizer: str = "adadelta"
+    lr: float = 1.0
     weight_decay: float = 0.0
-    loss: str = "softmax"
+    loss: str = "paper"
+    output: str = "tied"  # code c's output row is W g_c + u_c (ontology-aware); "free": the paper's
+    aux_levels: list[int] = field(default_factory=list)  # also predict the next visit's categories
+    task_weights: str = "learned"  # of the auxiliary tasks: "learned" (uncertainty) or "equal"
+    time_input: bool = False  # the GRU also reads log(1 + days since the previous visit)
     seed: int = 0
     k: int = 20
     device: str = "auto"
@@ -71,7 +80,15 @@ class TrainConfig:
                 self.ontology_scope in ONTOLOGY_SCOPES,
                 f"--ontology-scope must be one of {', '.join(ONTOLOGY_SCOPES)}",
             ),
+            (self.output in OUTPUTS, f"--output must be one of {', '.join(OUTPUTS)}"),
+            (self.task_weights in TASK_WEIGHTS, f"--task-weights must be one of {', '.join(TASK_WEIGHTS)}"),
+            (
+                all(isinstance(v, int) and v >= 1 for v in self.aux_levels)
+                and len(set(self.aux_levels)) == len(self.aux_levels),
+                f"--aux-levels must be distinct levels of 1 or more, got {self.aux_levels}",
+            ),
             (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.patience >= 0, "--patience must be 0 (never stop early) or more"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (min(self.dim, self.hidden, self.attention_dim) >= 1, "sizes must be at least 1"),
             (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
@@ -99,7 +116,9 @@ class TrainConfig:
 
 
 # What runs saved before these settings existed did (hapnet 0.1 trained on the full ontology).
-LEGACY_SETTINGS: dict[str, Any] = {"ontology_scope": "full"}
+# Runs saved before a setting existed did what these say: the full ontology (hapnet 0.1), every
+# epoch (before early stopping), the paper's free output layer (before --output).
+LEGACY_SETTINGS: dict[str, Any] = {"ontology_scope": "full", "patience": 0, "output": "free"}
 
 
 # "paper": the HAP paper's exact settings (docs/algorithms.md, "Paper training"); "default": hapnet's
@@ -119,6 +138,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "loss": "paper",
         "weight_decay": 0.0,
         "ontology_scope": "observed",
+        "patience": 0,  # the paper trains its 50 epochs; `--patience N` stops it early
+        "output": "free",
+        "pretrain": "none",  # the paper's HAP and GRAM use GloVe: `--pretrain glove` (reproduce does)
+        "aux_levels": [],
+        "time_input": False,
     },
 }
 
@@ -133,6 +157,18 @@ def differing_settings(before: dict[str, Any], now: TrainConfig) -> list[str]:
     or as the defaults."""
     saved, current = TrainConfig.from_saved(before).to_dict(), now.to_dict()
     return sorted(k for k in current if k not in RUNTIME_SETTINGS and saved.get(k) != current[k])
+
+
+def parse_levels(text: str | None) -> list[int] | None:
+    """`--aux-levels 1,2,3` -> [1, 2, 3]; "none" or "" -> []; None stays None (not given)."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise HapnetError(f"--aux-levels: expected levels such as 1,2,3, got {text!r}") from None
 
 
 def make_config(preset: str | None = None, **settings: Any) -> TrainConfig:

@@ -22,18 +22,21 @@ from hapnet.models.predictor import DIAGNOSIS, NextVisitModel
 from hapnet.training.config import TrainConfig
 from hapnet.training.metrics import AccuracyAtK
 from hapnet.training.runs import load
-from hapnet.training.setup import load_training_data
+from hapnet.training.setup import batch_builder, load_training_data
 from hapnet.utils.arrays import range_owners
 from hapnet.utils.device import resolve_device
+
+AUX_K = 5  # an auxiliary task (a level's categories) is scored by accuracy@5: a level has few classes
 
 
 @dataclass
 class Evaluation:
     loss: float
     accuracy: dict[str, Any]
+    tasks: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # auxiliary tasks
 
     def as_dict(self) -> dict[str, Any]:
-        return {"loss": self.loss, **self.accuracy}
+        return {"loss": self.loss, **self.accuracy, **({"tasks": self.tasks} if self.tasks else {})}
 
 
 @torch.no_grad()
@@ -45,18 +48,30 @@ def evaluate_patients(
     config: TrainConfig,
     device: torch.device,
 ) -> Evaluation:
-    """Loss (mean over patients) and accuracy@k of next-visit prediction for these patients."""
+    """Loss (mean over patients) and accuracy@k of next-visit prediction for these patients;
+    for each auxiliary task of the model, its loss and accuracy@AUX_K."""
     model.eval()
     g = model.code_embeddings()
-    meter = AccuracyAtK(config.k, groups)
-    total, count = 0.0, 0
+    meters = {DIAGNOSIS: AccuracyAtK(config.k, groups)}
+    meters.update({t.name: AccuracyAtK(AUX_K, np.zeros(t.num_categories, np.int64)) for t in builder.tasks})
+    totals = dict.fromkeys(meters, 0.0)
+    count = 0
     for start in range(0, len(patients), config.batch_size):
         batch = builder.build(patients[start : start + config.batch_size]).to(device)
-        logits = model(batch, g)[DIAGNOSIS]
-        total += next_visit_loss(logits, batch, config.loss).item() * batch.num_patients
+        logits = model(batch, g)
+        for name, meter in meters.items():
+            task = None if name == DIAGNOSIS else name
+            totals[name] += (
+                next_visit_loss(logits[name], batch, config.loss, task).item() * batch.num_patients
+            )
+            meter.update(logits[name], batch.targets(logits[name].shape[1], task))
         count += batch.num_patients
-        meter.update(logits, batch.targets(logits.shape[1]))
-    return Evaluation(total / max(count, 1), meter.result())
+    tasks = {
+        name: {"loss": totals[name] / max(count, 1), f"accuracy@{AUX_K}": meter.result()["accuracy"]}
+        for name, meter in meters.items()
+        if name != DIAGNOSIS
+    }
+    return Evaluation(totals[DIAGNOSIS] / max(count, 1), meters[DIAGNOSIS].result(), tasks)
 
 
 def restrict_to_codes(data: VisitData, code_to_class: np.ndarray) -> tuple[VisitData, int]:
@@ -83,6 +98,7 @@ def restrict_to_codes(data: VisitData, code_to_class: np.ndarray) -> tuple[Visit
         ),
         visit_offsets=np.concatenate([[0], np.cumsum(new_lengths[keep_visit])]).astype(np.int64),
         codes=data.codes[keep_code],
+        visit_times=None if data.visit_times is None else data.visit_times[keep_visit],
     )
     return restricted, int((~keep_code).sum())
 
@@ -114,9 +130,8 @@ def evaluate(
         scope = f"all patients of {data}"
     if len(patients) == 0:
         raise HapnetError(f"{data or run_dir}: no patient with 2+ visits of codes this run knows")
-    result = evaluate_patients(
-        run.model, BatchBuilder(visits, vocab.code_to_class), patients, groups, config, torch_device
-    )
+    builder = batch_builder(config, visits, vocab)
+    result = evaluate_patients(run.model, builder, patients, groups, config, torch_device)
     return {
         "run": str(run_dir),
         "model": config.model,

@@ -18,16 +18,34 @@ def group_names(separator: str = " ") -> list[str]:
     return names
 
 
+def _get(config: Any) -> Any:
+    """A getter over a TrainConfig or a saved config.json (a dict)."""
+    return config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+
+
 def _settings(config: Any) -> tuple[str, int | None, bool]:
     """(model, levels, glove) of a TrainConfig or of a saved config.json (a dict)."""
-    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    get = _get(config)
     return str(get("model", "?")), get("levels"), get("pretrain") == "glove"
 
 
+def _beyond_paper(config: Any) -> list[str]:
+    """Short names of the inputs and tasks beyond the paper's: auxiliary levels, visit gaps. (The
+    output layer, like the optimiser and the loss, is a training setting: config.json has it.)"""
+    get = _get(config)
+    parts = []
+    if get("aux_levels"):
+        parts.append("aux" + "".join(str(level) for level in get("aux_levels")))
+    if get("time_input"):
+        parts.append("time")
+    return parts
+
+
 def run_name(config: Any) -> str:
-    """`hap`, `hap-lv3`, `gram-lv2-glove`: what a run folder is called by default."""
+    """`hap`, `hap-lv3`, `gram-lv2-glove`, `hap-aux12-time`: what a run folder is called by default."""
     model, levels, glove = _settings(config)
-    return model + (f"-lv{levels}" if levels else "") + ("-glove" if glove else "")
+    name = model + (f"-lv{levels}" if levels else "") + ("-glove" if glove else "")
+    return "-".join([name, *_beyond_paper(config)])
 
 
 def run_label(config: Any) -> str:
@@ -46,4 +64,5 @@ def run_label(config: Any) -> str:
     extras = [f"lv{levels}"] if levels else []
     if glove and not plus:
         extras.append("GloVe")
+    extras += _beyond_paper(config)
     return f"{name} ({', '.join(extras)})" if extras else name

@@ -51,13 +51,20 @@ def mean_std(values: list[float]) -> dict[str, float]:
 
 
 def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std (sample std, ddof=1) of test accuracy per frequency group and overall."""
+    """Mean ± std (sample std, ddof=1) of test accuracy per frequency group and overall, of the
+    best epoch, and of every auxiliary task's scores."""
     by_group = [mean_std([m["test"]["accuracy_by_group"][g] for m in metrics]) for g in range(NUM_GROUPS)]
+    tasks = {
+        name: {measure: mean_std([m["test"]["tasks"][name][measure] for m in metrics]) for measure in scores}
+        for name, scores in metrics[0]["test"].get("tasks", {}).items()
+    }
     return {
         "seeds": [m["seed"] for m in metrics],
         "k": metrics[0]["k"],
         "accuracy_by_group": by_group,
         "accuracy": mean_std([m["test"]["accuracy"] for m in metrics]),
+        "best_epoch": mean_std([m["best_epoch"] for m in metrics]),
+        **({"tasks": tasks} if tasks else {}),
     }
 
 

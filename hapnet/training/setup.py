@@ -9,13 +9,15 @@ import hashlib
 import numpy as np
 import torch
 
+from hapnet.data.batches import BatchBuilder
 from hapnet.data.loaders import load_visits
 from hapnet.data.synth import default_data_path
+from hapnet.data.tasks import CategoryTask, category_tasks
 from hapnet.data.visits import VisitData
 from hapnet.data.vocabulary import Vocabulary
 from hapnet.errors import HapnetError
 from hapnet.models.embedder import EmbedderConfig
-from hapnet.models.glove import Cooccurrence, cooccurrence, train_glove
+from hapnet.models.glove import Cooccurrence, cooccurrence, like_random_init, train_glove
 from hapnet.models.predictor import NextVisitModel
 from hapnet.models.registry import get_model
 from hapnet.ontology.builtins import load_ontology
@@ -44,9 +46,20 @@ def model_ontology(config: TrainConfig, ontology: Ontology, vocab: Vocabulary) -
     return used.prune(vocab.nodes) if config.ontology_scope == "observed" else used
 
 
+def prediction_tasks(config: TrainConfig, ontology: Ontology, vocab: Vocabulary) -> list[CategoryTask]:
+    """The auxiliary tasks of `config.aux_levels`: categories of the (untruncated) ontology."""
+    return category_tasks(ontology, vocab.nodes, list(config.aux_levels))
+
+
+def batch_builder(config: TrainConfig, data: VisitData, vocab: Vocabulary) -> BatchBuilder:
+    """Batches with what a model of `config` reads and is trained on (its tasks, visit gaps)."""
+    tasks = prediction_tasks(config, data.ontology, vocab)
+    return BatchBuilder(data, vocab.code_to_class, tasks, gaps=config.time_input)
+
+
 def build_model(config: TrainConfig, ontology: Ontology, vocab: Vocabulary) -> NextVisitModel:
-    """The registry's embedder for `config.model` on the model's ontology + the visit GRU.
-    With scope "observed" only the nodes in use get a base embedding (a smaller table)."""
+    """The registry's embedder for `config.model` on the model's ontology + the visit GRU and
+    its heads. With scope "observed" only the nodes in use get a base embedding (a smaller table)."""
     spec = get_model(config.model)
     hierarchy = Hierarchy.from_ontology(model_ontology(config, ontology, vocab))
     embedder_config = EmbedderConfig(
@@ -55,7 +68,17 @@ def build_model(config: TrainConfig, ontology: Ontology, vocab: Vocabulary) -> N
         base_nodes="used" if config.ontology_scope == "observed" else "all",
     )
     embedder = spec.embedder(hierarchy, vocab.nodes, embedder_config)
-    return NextVisitModel(embedder, len(vocab), config.dim, config.hidden, config.dropout)
+    return NextVisitModel(
+        embedder,
+        len(vocab),
+        config.dim,
+        config.hidden,
+        config.dropout,
+        output=config.output,
+        aux_classes={t.name: t.num_categories for t in prediction_tasks(config, ontology, vocab)},
+        task_weights=config.task_weights,
+        time_input=config.time_input,
+    )
 
 
 def glove_init(model: NextVisitModel, config: TrainConfig, data: VisitData, train: np.ndarray) -> None:
@@ -70,7 +93,10 @@ def glove_init(model: NextVisitModel, config: TrainConfig, data: VisitData, trai
         ancestors = None
     subset = data.subset(train)
     cooc = cooccurrence(subset.visit_offsets, subset.codes, len(ontology), ancestors)
-    model.embedder.init_base(cached_glove(cooc, config.dim, config.glove_epochs, config.seed))
+    vectors = cached_glove(cooc, config.dim, config.glove_epochs, config.seed)
+    # Raw GloVe vectors saturate tanh(sum of a visit's vectors) and make all visits alike: give
+    # them the scale of the model's own random init (like_random_init says why; docs/training.md).
+    model.embedder.init_base(like_random_init(vectors, cooc, model.embedder.config.init_std))
 
 
 def cached_glove(cooc: Cooccurrence, dim: int, epochs: int, seed: int) -> torch.Tensor:
@@ -80,7 +106,7 @@ def cached_glove(cooc: Cooccurrence, dim: int, epochs: int, seed: int) -> torch.
     reproduction it is most of the time spent before the first epoch.
     """
     shape = (cooc.size, cooc.size)
-    digest = hashlib.sha256(f"glove-v1 {shape} {dim} {epochs} {seed}".encode())
+    digest = hashlib.sha256(f"glove-v2 {shape} {dim} {epochs} {seed}".encode())
     for part in (cooc.rows.astype(np.int64), cooc.cols.astype(np.int64), cooc.counts.astype(np.float64)):
         digest.update(part.tobytes())
     path = cache_dir() / "glove" / f"{digest.hexdigest()[:32]}.npy"

@@ -18,8 +18,8 @@ import torch
 
 from hapnet.data.batches import Batch
 from hapnet.errors import error_summary
-from hapnet.models.losses import next_visit_loss
-from hapnet.models.predictor import DIAGNOSIS, NextVisitModel
+from hapnet.models.losses import multi_task_loss
+from hapnet.models.predictor import NextVisitModel
 
 
 class CompiledOrEager:
@@ -47,9 +47,10 @@ class CompiledOrEager:
 
 
 class TrainingStep:
-    """`step(batch)`: zero the gradients, compute the loss and its gradients, update the parameters;
-    returns the loss. A loss that is not finite is returned before any gradient or update (the
-    caller stops). The pieces are compiled when asked and possible, else eager."""
+    """`step(batch)`: zero the gradients, compute the objective and its gradients, update the
+    parameters; returns the diagnosis loss (the objective itself with no auxiliary task). A loss
+    that is not finite is returned before any gradient or update (the caller stops). The pieces
+    are compiled when asked and possible, else eager."""
 
     def __init__(
         self, model: NextVisitModel, optimizer: torch.optim.Optimizer, loss: str, compile: bool = False
@@ -59,28 +60,31 @@ class TrainingStep:
         self.predict = CompiledOrEager(self._predictor_loss, "predictor and loss", compile)
         self.update = CompiledOrEager(optimizer.step, "optimiser update", compile)
 
-    def _predictor_loss(self, batch: Batch, g: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        return next_visit_loss(self.model.read_visits(batch, g, codes)[DIAGNOSIS], batch, self.loss)
+    def _predictor_loss(
+        self, batch: Batch, g: torch.Tensor, codes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model.read_visits(batch, g, codes)
+        return multi_task_loss(logits, batch, self.loss, self.model.task_log_vars)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """The training loss of one batch (the mean over its patients)."""
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(objective, diagnosis loss) of one batch (means over its patients)."""
         return self.predict(batch, *self.embed(batch))
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.forward(batch)
-        if not torch.isfinite(loss):
-            return loss  # the caller stops; no gradient to compute
+        objective, loss = self.forward(batch)
+        if not torch.isfinite(objective):
+            return objective  # the caller stops; no gradient to compute
         pieces = [piece for piece in (self.embed, self.predict) if piece.compiled is not None]
         try:
-            loss.backward()
+            objective.backward()
         except Exception as error:  # a compiled backward that fails: redo the step eagerly
             if not pieces:
                 raise
             for piece in pieces:
                 piece.give_up(error)
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.forward(batch)
-            loss.backward()
+            objective, loss = self.forward(batch)
+            objective.backward()
         self.update()
-        return loss
+        return loss.detach()

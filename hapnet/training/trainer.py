@@ -26,7 +26,7 @@ from hapnet.training.evaluation import Evaluation, evaluate_patients
 from hapnet.training.metrics import frequency_groups
 from hapnet.training.optim import make_optimizer
 from hapnet.training.runs import RunWriter, data_fingerprint, rng_states, set_rng_states
-from hapnet.training.setup import build_model, glove_init, load_training_data
+from hapnet.training.setup import batch_builder, build_model, glove_init, load_training_data
 from hapnet.training.step import TrainingStep
 from hapnet.utils.device import resolve_device
 
@@ -182,7 +182,7 @@ def _prepare(
         groups=groups,
         model=model,
         optimizer=optimizer,
-        builder=BatchBuilder(data, vocab.code_to_class),
+        builder=batch_builder(config, data, vocab),
         step=TrainingStep(model, optimizer, config.loss, compile=config.compile),
         fingerprint=fingerprint,
     )
@@ -256,6 +256,8 @@ def _fit(
     session = _prepare(config, writer, state is None, callbacks)
     progress = _Progress() if state is None else _restore(session, state, writer)  # type: ignore[arg-type]
     for epoch in range(progress.next_epoch, config.epochs + 1):
+        if _patience_ran_out(config, progress):
+            break
         train_loss, seconds = _train_epoch(session, epoch, callbacks, writer)
         valid, test = _evaluate(session, session.split.valid), _evaluate(session, session.split.test)
         record = {
@@ -266,6 +268,7 @@ def _fit(
             "test_loss": test.loss,
             "test_accuracy": test.accuracy["accuracy"],
             "seconds": seconds,
+            **_task_weights(session.model),
         }
         progress.history.append(record)
         is_best = valid.loss < progress.best["valid_loss"]
@@ -290,6 +293,21 @@ def _fit(
     return TrainResult(None, config, metrics, progress.history, session.data.report, session.model)
 
 
+def _patience_ran_out(config: TrainConfig, progress: _Progress) -> bool:
+    """Early stopping: `patience` epochs in a row without a lower validation loss than the best."""
+    if config.patience == 0 or not progress.history:
+        return False
+    return len(progress.history) - progress.best.get("epoch", 0) >= config.patience
+
+
+def _task_weights(model: NextVisitModel) -> dict[str, float]:
+    """The learned weight exp(-s_t) of every task, for the history (none without learned weights)."""
+    if model.task_log_vars is None:
+        return {}
+    weights = torch.exp(-model.task_log_vars.detach()).cpu().tolist()
+    return {f"weight_{name}": w for name, w in zip(model.tasks, weights, strict=True)}
+
+
 def _final_metrics(session: _Session, progress: _Progress) -> dict[str, Any]:
     config, best, split = session.config, progress.best, session.split
     return {
@@ -300,6 +318,8 @@ def _final_metrics(session: _Session, progress: _Progress) -> dict[str, Any]:
         "seed": config.seed,
         "best_epoch": best["epoch"],
         "epochs": config.epochs,
+        "epochs_run": len(progress.history),
+        "stopped_early": len(progress.history) < config.epochs,
         "train_seconds_per_epoch": [r["seconds"] for r in progress.history],
         "test": best["test"],
         "valid": best["valid"],

@@ -1,4 +1,4 @@
-"""The synthetic generator: determinism, MIMIC-III-like shape, hierarchy signal, `hapnet synth`."""
+"""The synthetic generator: determinism, MIMIC-III's figures, hierarchy signal, the fit, `hapnet synth`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from typer.testing import CliRunner
 import hapnet
 from hapnet.data import synth
 from hapnet.data.loaders import load_visits
+from hapnet.data.stats import compute_stats, load_stats
+from hapnet.data.stats import relative_differences as _relative_differences
 from hapnet.data.synth import SynthSettings, generate, write_synth
+from hapnet.data.synth_fit import fit_synth_settings
 from hapnet.errors import HapnetError
 
 
@@ -41,25 +44,69 @@ def test_blocks_continue_ids_and_do_not_change_earlier_patients(icd9, monkeypatc
     pd.testing.assert_frame_equal(frame[frame.patient <= 100].reset_index(drop=True), first)
 
 
-def test_mimic_iii_shape_at_7500_patients(mimic_sized):
+def relative_differences(stats, reference) -> dict:  # noqa: ANN001
+    return {k: d for k, d in _relative_differences(stats, reference).items() if d is not None}
+
+
+def test_every_figure_within_10_percent_of_mimic_iii(icd9):
+    """The defaults (7,500 patients, icd9-ccs, seed 0) against MIMIC-III's aggregate figures."""
+    stats = compute_stats(*synth.generate_visit_arrays(icd9, 7_500, seed=0), icd9)
+    reference = load_stats("mimic3")
+    off = {k: round(d, 3) for k, d in relative_differences(stats, reference).items() if abs(d) > 0.10}
+    assert off == {}
+    assert len(stats.flat()) == 24
+
+
+def test_rows_are_distinct_visits_in_time_order_within_caps(mimic_sized):
     frame = mimic_sized
     visits = frame.groupby("visit").size()
     per_patient = frame.groupby("patient").visit.nunique()
-    counts = frame.code.value_counts()
-    counts = counts[counts > 0]
-    assert 18_000 <= len(visits) <= 22_000  # MIMIC-III: 19,911 visits of 7,499 patients
-    assert 4_300 <= len(counts) <= 5_500  # MIMIC-III: 4,893 distinct codes
-    assert 12.0 <= len(frame) / len(visits) <= 14.5  # MIMIC-III: 13.06 codes per visit
-    assert visits.min() >= 5 and visits.max() <= 30
-    assert per_patient.min() == 2 and per_patient.max() >= 10
-    assert 0.6 <= (per_patient <= 3).mean() <= 0.95  # most patients have 2-3 visits
+    settings = SynthSettings()
+    assert visits.min() >= settings.min_codes and visits.max() <= settings.max_codes
+    assert per_patient.min() == 2 and per_patient.max() <= settings.max_visits
     assert not frame.duplicated(["visit", "code"]).any()
-    # a long tail: half the distinct codes make up a few percent of the rows
-    rare_half = np.sort(counts.to_numpy())[: len(counts) // 2]
-    assert rare_half.sum() / counts.sum() < 0.08
-    # visits are in time order within a patient
     first_day = frame.groupby("visit").agg(patient=("patient", "first"), time=("time", "first"))
     assert (first_day.groupby("patient").time.diff().dropna() > pd.Timedelta(0)).all()
+    # the arrays are the frame's data: same sizes, same codes in each visit
+    patient_offsets, visit_offsets, codes = synth.generate_visit_arrays("icd9-ccs", 7_500, seed=0)
+    assert np.diff(patient_offsets).tolist() == per_patient.tolist()
+    assert np.diff(visit_offsets).tolist() == visits.tolist()
+    assert len(codes) == len(frame)
+
+
+def test_population_is_the_settings_and_the_seed_draws_patients(icd9):
+    """Another seed: other patients from the same population, so the figures stay close."""
+    one = compute_stats(*synth.generate_visit_arrays(icd9, 3_000, seed=1), icd9)
+    two = compute_stats(*synth.generate_visit_arrays(icd9, 3_000, seed=2), icd9)
+    assert one != two
+    assert abs(one.code_frequency.top20_share - two.code_frequency.top20_share) < 0.02
+    other = SynthSettings(population_seed=1)
+    three = compute_stats(*synth.generate_visit_arrays(icd9, 3_000, seed=1, settings=other), icd9)
+    assert three.code_frequency != one.code_frequency
+
+
+@pytest.mark.slow
+def test_fit_recovers_the_figures_of_other_settings(icd9):
+    """A source made with quite different settings: the fit brings every figure within 10%."""
+    source = SynthSettings(
+        extra_visits_mean=0.8,
+        comorbidities_mean=1.5,
+        chronic_same_code=0.3,
+        codes_per_visit_mean=9.0,
+        code_zipf=1.6,
+        max_codes=30,
+        progression=0.3,
+        rare_codes=0.05,
+    )
+    target = compute_stats(*synth.generate_visit_arrays(icd9, 2_000, seed=7, settings=source), icd9)
+    start = compute_stats(*synth.generate_visit_arrays(icd9, 2_000, seed=0), icd9)
+    assert max(abs(d) for d in relative_differences(start, target).values()) > 0.4  # far at first
+    fit = fit_synth_settings(target, icd9, seed=0, rounds=3)
+    assert fit.patients == 2_000 and fit.settings.max_codes == 30
+    off = {k: round(d, 3) for k, d in relative_differences(fit.stats, target).items() if abs(d) > 0.10}
+    assert off == {}
+    # the fitted figures are those of the data the settings generate
+    assert compute_stats(*synth.generate_visit_arrays(icd9, 2_000, 0, fit.settings), icd9) == fit.stats
 
 
 def category_of(ontology, frame: pd.DataFrame) -> np.ndarray:

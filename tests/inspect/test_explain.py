@@ -95,25 +95,24 @@ def test_gram_attends_over_the_code_and_its_ancestors_only(runs: dict[str, Path]
     assert set(explanation.nodes["code"]) == {"B12", "A1", "B1", "A", "B", "<ROOT>"}
     assert explanation.nodes["weight"].sum() == pytest.approx(1.0, abs=1e-12)
     assert set(explanation.nodes["relation"]) == {"self", "ancestor"}
-    assert "GRAM: attention over B12 and its 5 ancestors" in explanation.summary
+    assert f"{explanation.label}: attention over B12 and its 5 ancestors" in explanation.summary
 
 
 def test_rnn_and_rollup_are_said_plainly(runs: dict[str, Path]) -> None:
     rnn = explain_code(load(runs["rnn"]), "A11")
     assert rnn.nodes[["code", "weight"]].values.tolist() == [["A11", 1.0]]
-    assert rnn.summary == "RNN: no ontology; the embedding of A11 is its own base embedding."
+    assert rnn.summary == "RNN+: no ontology; the embedding of A11 is its own base embedding."
     rollup = load(runs["rollup"])
     one = explain_code(rollup, "C211")
     assert one.nodes[["code", "relation", "weight"]].values.tolist() == [["C21", "ancestor", 1.0]]
-    assert one.summary == "Rollup: the embedding of C211 is the base embedding of its parent C21."
+    assert one.summary == "Rollup+: the embedding of C211 is the base embedding of its parent C21."
     two = explain_code(rollup, "B12")  # two parents: their mean
     assert sorted(two.nodes[["code", "weight"]].values.tolist()) == [["A1", 0.5], ["B1", 0.5]]
     # With only the lowest 2 levels, A11 has no edge in range: its own embedding.
     lv2 = explain_code(load(runs["hap-lv2"]), "A11")
-    assert lv2.nodes["code"].tolist() == ["A11"] and lv2.label == "HAP (lv2)"
-    assert (
-        lv2.summary
-        == "HAP (lv2): A11 has no edge within the levels used; its embedding is its own base embedding."
+    assert lv2.nodes["code"].tolist() == ["A11"] and lv2.label == "HAP (lv2, GloVe)"
+    assert lv2.summary == (
+        "HAP (lv2, GloVe): A11 has no edge within the levels used; its embedding is its own base embedding."
     )
 
 

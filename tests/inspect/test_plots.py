@@ -67,11 +67,15 @@ def test_run_labels_use_the_papers_names(runs: dict[str, Path]) -> None:
     assert run_label({"model": "rollup", "pretrain": "glove"}) == "Rollup+"
     assert run_label({"model": "hap", "pretrain": "glove", "levels": 2}) == "HAP (lv2, GloVe)"
     files = [read_run_files(runs["hap"]), read_run_files(runs["gram"]), read_run_files(runs["hap"])]
-    assert unique_labels(files[:2]) == ["HAP", "GRAM"]
+    assert unique_labels(files[:2]) == ["HAP (GloVe)", "GRAM (GloVe)"]
     parent = runs["hap"].parent.name  # the same folder twice: its parent tells them apart
-    assert unique_labels(files) == [f"HAP [{parent}/hap]", "GRAM", f"HAP [{parent}/hap]"]
+    assert unique_labels(files) == [
+        f"HAP (GloVe) [{parent}/hap]",
+        "GRAM (GloVe)",
+        f"HAP (GloVe) [{parent}/hap]",
+    ]
     other = dataclasses.replace(files[0], path=Path("elsewhere/hap-long"))
-    assert unique_labels([files[0], other]) == ["HAP [hap]", "HAP [hap-long]"]
+    assert unique_labels([files[0], other]) == ["HAP (GloVe) [hap]", "HAP (GloVe) [hap-long]"]
 
 
 def test_top_categories_follow_the_first_parent_to_level_1(runs: dict[str, Path]) -> None:

@@ -53,7 +53,8 @@ def test_probabilities_sum_to_one_and_top_is_a_prefix_of_the_full_ranking(hap_ru
 
 
 def test_probabilities_equal_a_hand_written_forward_pass(hap_run: Path) -> None:
-    """Second computation path: g -> tanh(sum of the visit's g) -> GRU -> head -> softmax."""
+    """Second computation path: g -> tanh(sum of the visit's g) -> GRU -> head -> softmax, with
+    the default tied head written out: output rows W g_c + u_c."""
     run = load(hap_run)
     history = [["A11", "A12"], ["B21"], ["C211", "A11"]]
     code_class = {c: i for i, c in enumerate(run.codes)}
@@ -62,7 +63,9 @@ def test_probabilities_equal_a_hand_written_forward_pass(hap_run: Path) -> None:
         g = model.code_embeddings()
         visits = torch.stack([torch.tanh(g[[code_class[c] for c in visit]].sum(0)) for visit in history])
         states, _ = model.gru(visits[None])
-        expected = torch.softmax(model.heads["diagnosis"](states[0, -1]).double(), dim=0).numpy()
+        head = model.heads["diagnosis"]
+        logits = (g @ head.project.weight.T + head.free) @ states[0, -1] + head.bias
+        expected = torch.softmax(logits.double(), dim=0).numpy()
     np.testing.assert_allclose(predict_next_visit(run, history).probabilities, expected, rtol=1e-5, atol=1e-7)
 
 

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from hapnet.data.batches import BatchBuilder
-from hapnet.models.losses import next_visit_loss
+from hapnet.data.tasks import CategoryTask
+from hapnet.models.losses import multi_task_loss, next_visit_loss
 from hapnet.models.predictor import NextVisitModel
 
 
@@ -163,3 +164,56 @@ def test_dropout_keeps_each_entry_with_probability_1_minus_p_and_rescales():
     dropout.eval()
     assert torch.equal(dropout(x), x)
     assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))
+
+
+def test_tied_output_rows_are_computed_from_the_code_embeddings():
+    """logits[s, c] = h_s . (W g_c + u_c) + b_c, checked against the formula on a real forward."""
+    torch.manual_seed(0)
+    model = NextVisitModel(FixedEmbedder(5, 3), num_codes=5, dim=3, hidden=4, dropout=0.0, output="tied")
+    model = model.double().eval()
+    batch = BatchBuilder(tiny_data(), np.arange(5)).build(np.array([0, 1]))
+    g = model.code_embeddings()
+    head = model.heads["diagnosis"]
+    logits = model(batch)["diagnosis"]
+    visits = torch.tanh(torch.stack([g[[0, 1]].sum(0), g[[2]].sum(0), g[[4]].sum(0)]))  # (A,0) (A,1) (B,0)
+    h_a = model.gru(visits[:2].unsqueeze(0))[0][0]
+    h_b = model.gru(visits[2:].unsqueeze(0))[0][0]
+    states = torch.cat([h_a, h_b])
+    weights = g @ head.project.weight.T + head.free
+    assert torch.allclose(logits, states @ weights.T + head.bias)
+    # The output rows depend on g: a change of one code's embedding moves that code's logit.
+    logits.sum().backward()
+    assert model.embedder.weight.grad.abs().sum() > 0
+
+
+def test_multi_task_loss_equal_and_learned_weights():
+    # classes 0, 1 -> category 0; 2, 3 -> category 1; 4 -> category 0
+    task = CategoryTask("level1", 1, np.array([7, 8]), np.arange(6), np.array([0, 0, 1, 1, 0]))
+    batch = BatchBuilder(tiny_data(), np.arange(5), [task]).build(np.array([0, 1]))
+    torch.manual_seed(1)
+    logits = {"diagnosis": torch.randn(3, 5), "level1": torch.randn(3, 2)}
+    diagnosis = next_visit_loss(logits["diagnosis"], batch, "softmax")
+    level1 = next_visit_loss(logits["level1"], batch, "softmax", "level1")
+    objective, main = multi_task_loss(logits, batch, "softmax", None)
+    assert torch.allclose(objective, diagnosis + level1) and torch.equal(main, diagnosis)
+    s = torch.tensor([0.5, -1.0])
+    objective, _ = multi_task_loss(logits, batch, "softmax", s)
+    expected = math.exp(-0.5) * diagnosis + 0.5 + math.exp(1.0) * level1 - 1.0
+    assert torch.allclose(objective, expected)
+    # With the diagnosis head alone the objective is the diagnosis loss itself.
+    alone, main = multi_task_loss({"diagnosis": logits["diagnosis"]}, batch, "paper", None)
+    assert torch.equal(alone, main)
+    assert torch.equal(main, next_visit_loss(logits["diagnosis"], batch, "paper"))
+
+
+def test_time_input_feeds_the_gap_to_the_gru():
+    torch.manual_seed(0)
+    model = NextVisitModel(FixedEmbedder(5, 3), num_codes=5, dim=3, hidden=4, dropout=0.0, time_input=True)
+    model = model.double().eval()
+    assert model.gru.input_size == 4
+    batch = BatchBuilder(tiny_data(), np.arange(5)).build(np.array([0, 1]))
+    batch.input_gaps = torch.zeros(3, dtype=torch.float64)
+    before = model(batch)["diagnosis"]
+    batch.input_gaps = torch.tensor([0.0, 0.0, 2.0], dtype=torch.float64)  # packed row 2 = (A, t1)
+    after = model(batch)["diagnosis"]
+    assert torch.allclose(before[[0, 2]], after[[0, 2]]) and not torch.allclose(before[1], after[1])

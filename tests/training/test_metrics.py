@@ -45,10 +45,17 @@ def test_parse_seeds_and_summary_table():
     assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
     assert parse_seeds("3, 1,3") == [3, 1]
     metrics = [
-        {"seed": s, "k": 20, "test": {"accuracy": a, "accuracy_by_group": [a, a, a, a]}}
-        for s, a in [(0, 0.2), (1, 0.4)]
+        {
+            "seed": s,
+            "k": 20,
+            "best_epoch": e,
+            "test": {"accuracy": a, "accuracy_by_group": [a, a, a, a], "tasks": {"level1": {"loss": a}}},
+        }
+        for s, a, e in [(0, 0.2, 3), (1, 0.4, 6)]
     ]
     summary = summarize(metrics)
+    assert summary["best_epoch"]["mean"] == 4.5
+    assert summary["tasks"]["level1"]["loss"]["mean"] == summary["accuracy"]["mean"]
     assert (
         summary["accuracy"]["mean"] == 0.30000000000000004 or abs(summary["accuracy"]["mean"] - 0.3) < 1e-12
     )

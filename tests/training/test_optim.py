@@ -65,5 +65,5 @@ def test_adam_is_fused_and_matches_the_unfused_update(name: str, kind: type) -> 
 def test_adam_on_parameters_without_a_fused_kernel_is_torchs_default() -> None:
     model = _model(0).to(torch.float64)
     model[0].weight.data = model[0].weight.data.to(torch.complex128)  # no fused kernel for complex
-    optimizer = make_optimizer(make_config(), model)
+    optimizer = make_optimizer(make_config(optimizer="adam"), model)
     assert not optimizer.defaults["fused"]

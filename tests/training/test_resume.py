@@ -246,7 +246,7 @@ def test_resume_takes_no_other_settings(reference: Path):
 
 def nan_at(epoch: int, step: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The training loss becomes NaN at (epoch, step); evaluation losses stay finite."""
-    real_loss, real_evaluate = training_step.next_visit_loss, trainer.evaluate_patients
+    real_loss, real_evaluate = training_step.multi_task_loss, trainer.evaluate_patients
     calls = {"evaluations": 0, "step": 0}
 
     def evaluate(*args, **kwargs):  # noqa: ANN002, ANN003 - two evaluations (valid, test) end an epoch
@@ -254,16 +254,16 @@ def nan_at(epoch: int, step: int, monkeypatch: pytest.MonkeyPatch) -> None:
         calls["step"] = 0
         return real_evaluate(*args, **kwargs)
 
-    def loss(logits, batch, kind):  # noqa: ANN001
-        value = real_loss(logits, batch, kind)
+    def loss(logits, batch, kind, log_vars):  # noqa: ANN001
+        objective, value = real_loss(logits, batch, kind, log_vars)
         if torch.is_grad_enabled():
             calls["step"] += 1
             if (1 + calls["evaluations"] // 2, calls["step"]) == (epoch, step):
-                return value * float("nan")
-        return value
+                return objective * float("nan"), value * float("nan")
+        return objective, value
 
     monkeypatch.setattr(trainer, "evaluate_patients", evaluate)
-    monkeypatch.setattr(training_step, "next_visit_loss", loss)
+    monkeypatch.setattr(training_step, "multi_task_loss", loss)
 
 
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_checkpoint(

@@ -67,7 +67,8 @@ def test_eager_step_is_the_models_loss_gradient_and_update(model_name: str) -> N
 def test_a_non_finite_loss_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     model, optimizer, batch, config = setting()
     before = parameters(model)
-    monkeypatch.setattr(step_module, "next_visit_loss", lambda *args: torch.tensor(float("nan")))
+    nan = torch.tensor(float("nan"))
+    monkeypatch.setattr(step_module, "multi_task_loss", lambda *args: (nan, nan))
     loss = TrainingStep(model, optimizer, config.loss)(batch)
     assert loss.isnan() and same(parameters(model), before)
 
@@ -116,7 +117,7 @@ def test_a_failing_compiled_backward_redoes_the_step_eagerly(monkeypatch: pytest
     def compile_with_broken_backward(function, dynamic):  # noqa: ANN001, ANN202
         if getattr(function, "__name__", "") != "_predictor_loss":
             return function
-        return lambda *args: _FailingBackward.apply(function(*args))
+        return lambda *args: tuple(_FailingBackward.apply(t) for t in function(*args))
 
     monkeypatch.setattr(step_module.torch, "compile", compile_with_broken_backward)
     model, optimizer, batch, config = setting()
