@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,18 @@ def parse_levels(text: str | None) -> list[int] | None:
 
 
 def make_config(preset: str | None = None, **settings: Any) -> TrainConfig:
-    """A config from a preset, overridden by the settings that are not None."""
+    """A config from a preset, overridden by the settings that are not None. A setting that is not
+    a `TrainConfig` field is refused (a typo such as `epoch=1` would otherwise be ignored)."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = [key for key in settings if key not in known]
+    if unknown:
+        hints = {"seeds": "; for several seeds use hapnet.train_seeds(config, seeds, out)"}
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        raise HapnetError(
+            f"unknown setting {unknown[0]!r}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + hints.get(unknown[0], "")
+        )
     values: dict[str, Any] = {}
     if preset is not None:
         if preset not in PRESETS:

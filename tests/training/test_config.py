@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import hapnet
 from hapnet.cli import embed as cli_embed
 from hapnet.cli import train as cli_train
 from hapnet.cli.main import app
@@ -65,3 +66,12 @@ def test_train_help_shows_each_default_and_the_papers_value() -> None:
         assert f"(default {getattr(defaults, option)}; --preset paper: {paper[option]})" in text, option
     assert f"(default {defaults.dim})" in text  # the same in both
     assert f"(default {defaults.optimizer})" in text
+
+
+def test_unknown_settings_are_refused_with_the_closest_name() -> None:
+    with pytest.raises(HapnetError, match=r"unknown setting 'epoch' \(did you mean 'epochs'\?\)"):
+        hapnet.train(epoch=1)
+    with pytest.raises(HapnetError, match="for several seeds use hapnet.train_seeds"):
+        hapnet.train(seeds="0-1")
+    with pytest.raises(HapnetError, match="unknown setting 'colour'"):
+        config.make_config(colour="red")
