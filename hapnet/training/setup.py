@@ -30,6 +30,12 @@ from hapnet.utils.textio import atomic_path
 
 def load_training_data(config: TrainConfig) -> tuple[Ontology, VisitData]:
     ontology = load_ontology(config.ontology)
+    if config.levels is not None and config.levels > ontology.depth + 1:
+        # truncate() would keep everything: a run named hap-lv99 that truncated nothing
+        raise HapnetError(
+            f"--levels {config.levels}: ontology {ontology.name} has levels 0..{ontology.depth}, "
+            f"so at most {ontology.depth + 1} (the full hierarchy)"
+        )
     path = config.data or default_data_path(config.ontology, config.synth_patients)
     data = load_visits(path, ontology, columns=config.columns, unknown=config.unknown)
     if len(data.patient_ids) < 10:

@@ -121,3 +121,12 @@ def test_every_model_of_the_registry_takes_every_option(synth_dir: Path, model: 
         result = hapnet.train(model=model, output=output, aux_levels=[1], time_input=True, **common)
         assert set(result.metrics["test"]["tasks"]) == {"level1"}
         assert 0 < result.metrics["test"]["accuracy"] <= 1
+
+
+def test_more_levels_than_the_ontology_has_are_refused(synth_dir: Path, tmp_path: Path):
+    result = run_cli("train", "--data", synth_dir, *TINY, "--levels", "99", "--out", tmp_path / "r")
+    assert (
+        result.exit_code == 2
+        and "--levels 99: ontology icd9-ccs has levels 0..5, so at most 6" in result.output
+    )
+    assert not (tmp_path / "r").exists()
