@@ -22,7 +22,7 @@ from hapnet.data.visits import VisitData
 from hapnet.errors import HapnetError, InputError
 from hapnet.ontology.builtins import DEFAULT_ONTOLOGY, load_ontology
 from hapnet.ontology.graph import Ontology
-from hapnet.utils.arrays import range_owners, range_positions
+from hapnet.utils.arrays import csr_select, range_owners, range_positions
 
 PERCENTILE_METHOD = "lower"  # numpy's: an observed value, never an interpolated one
 REFERENCES = {"mimic3": "mimic3-aggregate-stats.json"}  # --compare NAME -> hapnet/data/reference/
@@ -153,11 +153,10 @@ def compute_stats(
     codes = np.asarray(codes, dtype=np.int64)
     n_visits = np.diff(patient_offsets)
     if (n_visits < 2).any():  # keep the visits (and codes) of patients with 2+ visits only
-        visit_keep = np.repeat(n_visits >= 2, n_visits)
-        code_keep = np.repeat(visit_keep, np.diff(visit_offsets))
-        codes = codes[code_keep]
-        visit_offsets = np.concatenate([[0], np.cumsum(np.diff(visit_offsets)[visit_keep])])
-        n_visits = n_visits[n_visits >= 2]
+        visit_index, patient_offsets = csr_select(patient_offsets, np.flatnonzero(n_visits >= 2))
+        code_index, visit_offsets = csr_select(visit_offsets, visit_index)
+        codes = codes[code_index]
+        n_visits = np.diff(patient_offsets)
     if len(n_visits) == 0:
         raise HapnetError("no patient with 2 or more visits: nothing to describe")
     n_codes = np.diff(visit_offsets)
@@ -245,8 +244,7 @@ def level_ancestor(ontology: Ontology, level: int) -> np.ndarray:
     following first parents (the node itself for the root). On icd9-ccs, level 1 is CCS level 1
     and level 2 is CCS level 2; codes of a branch with no level-2 node (CCS 18, residual codes)
     get their level-1 category, as a blank "CCS LVL 2" column groups them together."""
-    first_parent = np.zeros(len(ontology), dtype=np.int64)
-    first_parent[ontology.edge_child[::-1]] = ontology.edge_parent[::-1]
+    first_parent = ontology.first_parent
     anchor = first_parent.copy()
     # One step up per round: at most depth rounds (a handful), not a loop over nodes.
     for _ in range(ontology.depth):

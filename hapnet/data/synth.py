@@ -119,9 +119,7 @@ class _Universe:
         leaves = np.flatnonzero(ontology.is_leaf)
         if len(leaves) == 0:
             raise HapnetError(f"ontology {ontology.name} has no leaf codes to generate")
-        # First parent of every node (a DAG node with several parents uses its first); root if none.
-        first_parent = np.zeros(len(ontology), dtype=np.int64)
-        first_parent[ontology.edge_child[::-1]] = ontology.edge_parent[::-1]
+        first_parent = ontology.first_parent  # a DAG node with several parents uses its first
         leaf_category = first_parent[leaves]
         categories, cat_of_leaf = np.unique(leaf_category, return_inverse=True)
         num_categories = len(categories)

@@ -13,7 +13,7 @@ import numpy as np
 
 from hapnet.errors import HapnetError
 from hapnet.ontology.graph import Ontology
-from hapnet.ontology.hierarchy import ancestors_at_level
+from hapnet.ontology.hierarchy import ancestor_sets, ancestors_at_level
 from hapnet.utils.arrays import concat_ranges, range_owners, sorted_unique
 
 
@@ -46,10 +46,11 @@ def task_name(level: int) -> str:
 def category_tasks(ontology: Ontology, class_nodes: np.ndarray, levels: list[int]) -> list[CategoryTask]:
     """One task per level, over the categories that hold at least one of the classes' codes."""
     tasks = []
+    above = ancestor_sets(ontology) if levels else None
     for level in levels:
         if level < 1:
             raise HapnetError(f"--aux-levels: level {level} is the root or above; levels start at 1")
-        offsets, ancestors = ancestors_at_level(ontology, class_nodes, level)
+        offsets, ancestors = ancestors_at_level(ontology, class_nodes, level, above)
         if len(ancestors) == 0:
             raise HapnetError(
                 f"--aux-levels: no code of the data has an ancestor at level {level} in ontology "

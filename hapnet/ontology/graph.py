@@ -155,6 +155,14 @@ class Ontology:
         return np.bincount(self.edge_child, minlength=len(self))
 
     @cached_property
+    def first_parent(self) -> np.ndarray:
+        """[N] each node's first parent (in edge order; a DAG node with several parents uses its
+        first); 0, the root, for the root itself."""
+        first = np.zeros(len(self), dtype=np.int64)
+        first[self.edge_child[::-1]] = self.edge_parent[::-1]  # reversed: the first edge writes last
+        return first
+
+    @cached_property
     def is_leaf(self) -> np.ndarray:
         leaf = self.num_children == 0
         leaf[0] = False  # the root is never a code, even with no children

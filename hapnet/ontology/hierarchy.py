@@ -114,14 +114,17 @@ def ancestor_sets(ontology: Ontology) -> list[frozenset[int]]:
     return result
 
 
-def ancestors_at_level(ontology: Ontology, nodes: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
+def ancestors_at_level(
+    ontology: Ontology, nodes: np.ndarray, level: int, above: list[frozenset[int]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The ancestors at `level` of each of `nodes`, as CSR (offsets [len(nodes)+1], ancestors).
 
     A node at `level` or above has none; in a DAG a node may have several. Uses the ontology's
-    (truncated) edges; levels are longest paths from the root.
+    (truncated) edges; levels are longest paths from the root. `above`: `ancestor_sets(ontology)`
+    when the caller already has it (several levels of one ontology).
     """
     nodes = np.asarray(nodes, dtype=np.int64)
-    above = ancestor_sets(ontology)
+    above = ancestor_sets(ontology) if above is None else above
     lists = [sorted(a for a in above[n] if ontology.levels[a] == level) for n in nodes]
     offsets = np.zeros(len(nodes) + 1, dtype=np.int64)
     np.cumsum([len(x) for x in lists], out=offsets[1:])
