@@ -28,6 +28,7 @@ import torch
 
 import hapnet
 from hapnet.embeddings.reconstruction import reconstruction, relations
+from hapnet.embeddings.structure import initial_embedder
 
 
 def evaluate(
@@ -47,11 +48,19 @@ def evaluate(
 
 
 def run_hapnet(ontology: hapnet.Ontology, model: str, epochs: int, args: argparse.Namespace) -> dict:
-    result = hapnet.embed(ontology, dim=args.dim, epochs=epochs, model=model, device="cpu", evaluate=False)
-    return {
-        "train_seconds": result.train_seconds,
-        **evaluate(ontology, result.vectors, "cosine", args.sample),
-    }
+    if epochs == 0:  # the untrained baseline, which `hapnet.embed` refuses: propagation only
+        start = time.perf_counter()
+        embedder = initial_embedder(ontology, hapnet.EmbedConfig(dim=args.dim, model=model, device="cpu"))
+        embedder.eval()
+        with torch.no_grad():
+            vectors = embedder()[1:]
+        seconds = time.perf_counter() - start
+    else:
+        result = hapnet.embed(
+            ontology, dim=args.dim, epochs=epochs, model=model, device="cpu", evaluate=False
+        )
+        vectors, seconds = result.vectors, result.train_seconds
+    return {"train_seconds": seconds, **evaluate(ontology, vectors, "cosine", args.sample)}
 
 
 def run_gensim(ontology: hapnet.Ontology, args: argparse.Namespace) -> list[tuple[str, dict]]:

@@ -29,7 +29,8 @@ def data_stats_command(
     compare: Annotated[
         str | None,
         typer.Option(
-            help=f"Reference figures: a `data-stats --json` file or a bundled name ({', '.join(REFERENCES)})."
+            help="Reference figures: a `data-stats --json` file or a bundled name "
+            f"({', '.join(REFERENCES)}); default: none."
         ),
     ] = None,
     as_json: AsJson = False,

@@ -3,13 +3,16 @@ bar with one line per epoch."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.progress import Progress
 from rich.table import Table
 
-from hapnet.cli.common import console, loss_progress
+from hapnet.cli.common import console
 from hapnet.training.naming import GROUP_LABELS
+from hapnet.training.progress import EpochProgress, format_score
+
+if TYPE_CHECKING:
+    from hapnet.utils.threads import CoreShare
 
 
 def data_report_table(rows: list) -> Table:
@@ -27,9 +30,9 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
             m = metrics[split]
             table.add_row(
                 split,
-                *[f"{v:.4f}" for v in m["accuracy_by_group"]],
-                f"{m['accuracy']:.4f}",
-                f"{m['loss']:.4f}",
+                *[format_score(v) for v in m["accuracy_by_group"]],
+                format_score(m["accuracy"]),
+                format_score(m["loss"]),
             )
     return table
 
@@ -46,17 +49,26 @@ def tasks_table(metrics: dict[str, Any]) -> Table | None:
     measures = [key for key in rows[0][2] if key != "loss"]
     table = Table("split", "task", *measures, "loss", title="Auxiliary tasks (next visit's categories)")
     for split, name, scores in rows:
-        table.add_row(split, name, *[f"{scores[m]:.4f}" for m in measures], f"{scores['loss']:.4f}")
+        table.add_row(split, name, *[format_score(scores[m]) for m in measures], format_score(scores["loss"]))
     return table
 
 
-class RichCallbacks:
-    """Progress bar per epoch and a table row per epoch."""
+class RichCallbacks(EpochProgress):
+    """The library's epoch progress on the CLI's console, after the data report and the split;
+    with `--threads auto`, the threads adapted to the free cores before every epoch."""
 
-    def __init__(self) -> None:
-        self.progress: Progress | None = None
-        self.task = None
-        self.header = True  # on the first epoch shown (a resumed run starts later than 1)
+    def __init__(self, share: CoreShare | None = None) -> None:
+        super().__init__(console)
+        self.share = share
+
+    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
+        from hapnet.utils.threads import adapt_threads  # torch: loaded once a command trains
+
+        changed = adapt_threads(self.share)
+        if changed is not None:
+            why = "other processes keep cores busy" if changed[1] < changed[0] else "cores are free again"
+            console.print(f"[dim]threads {changed[0]} -> {changed[1]}: {why}[/]", highlight=False)
+        super().on_epoch_start(epoch, num_batches)
 
     def on_data(self, data: Any, split: Any, vocab: Any) -> None:
         console.print(data_report_table(data.report.as_rows()))
@@ -65,29 +77,3 @@ class RichCallbacks:
             f"{len(split.test):,} test patients; "
             f"{len(vocab):,} observable codes"
         )
-
-    def on_epoch_start(self, epoch: int, num_batches: int) -> None:
-        self.progress = loss_progress(f"epoch {epoch}")
-        self.progress.start()
-        self.task = self.progress.add_task("train", total=num_batches, loss=float("nan"))
-
-    def on_batch(self, epoch: int, batch_index: int, loss: float) -> None:
-        self.progress.update(self.task, advance=1, loss=loss)
-
-    def on_epoch_end(self, record: dict[str, Any], is_best: bool) -> None:
-        self.progress.stop()
-        # One aligned line per epoch (a rich Table per row would add blank lines).
-        columns = ("epoch", "train loss", "valid loss", "valid acc", "test acc", "seconds")
-        if self.header:
-            console.print("".join(f"{c:>12}" for c in columns), style="bold")
-            self.header = False
-        values = (
-            str(record["epoch"]),
-            f"{record['train_loss']:.4f}",
-            f"{record['valid_loss']:.4f}",
-            f"{record['valid_accuracy']:.4f}",
-            f"{record['test_accuracy']:.4f}",
-            f"{record['seconds']:.1f}",
-        )
-        best = "  [green]best[/]" if is_best else ""
-        console.print("".join(f"{v:>12}" for v in values) + best, highlight=False)

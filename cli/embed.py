@@ -11,10 +11,10 @@ from rich.markup import escape
 from rich.table import Table
 
 import hapnet
-from hapnet.cli.common import console, loss_progress, user_errors
+from hapnet.cli.common import FLAG, TRAIN_DEFAULTS, console, loss_progress, user_errors
 from hapnet.embeddings.config import EmbedConfig
 from hapnet.embeddings.formats import check_writable
-from hapnet.errors import InputError
+from hapnet.utils.paths import check_output_location
 from hapnet.utils.textio import atomic_path
 
 if TYPE_CHECKING:  # torch and pandas load only when a command runs
@@ -34,10 +34,20 @@ def embed(
         str, typer.Argument(help="Built-in ontology name (see `hapnet ontology list`) or a file.")
     ],
     out: Annotated[Path | None, typer.Option("-o", "--out", help=OUT_HELP)] = None,
-    dim: Annotated[int | None, typer.Option(help=f"Embedding size d (default {DEFAULTS.dim}).")] = None,
-    levels: Annotated[int | None, typer.Option(help="HAP propagates over the lowest K levels only.")] = None,
+    dim: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Embedding size d (default {DEFAULTS.dim}): structure-only embeddings, the size their "
+            "reconstruction figures are measured at (docs/embeddings.md); `hapnet train` uses "
+            f"{TRAIN_DEFAULTS.dim}, the paper's size for next-visit prediction."
+        ),
+    ] = None,
+    levels: Annotated[
+        int | None, typer.Option(help="HAP propagates over the lowest K levels only (default: all).")
+    ] = None,
     epochs: Annotated[
-        int | None, typer.Option(help=f"Full-batch training steps (default {DEFAULTS.epochs}).")
+        int | None,
+        typer.Option(help=f"Full-batch training steps, at least 1 (default {DEFAULTS.epochs})."),
     ] = None,
     seed: Annotated[int | None, typer.Option(help=f"Random seed (default {DEFAULTS.seed}).")] = None,
     device: Annotated[
@@ -49,10 +59,17 @@ def embed(
     ] = None,
     from_run: Annotated[
         Path | None,
-        typer.Option("--from-run", help="Export a trained run's final embeddings instead of training."),
+        typer.Option(
+            "--from-run",
+            help="Export a trained run's final embeddings instead of training (default: train here).",
+        ),
     ] = None,
-    metrics: Annotated[Path | None, typer.Option("--metrics", help="Also write the figures as JSON.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
+    metrics: Annotated[
+        Path | None, typer.Option("--metrics", help="Also write the figures as JSON (default: none).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite existing output files.", metavar=FLAG)
+    ] = False,
 ) -> None:
     """Embeddings of every code of an ontology, learned from its structure (HAP propagation) or
     exported from a trained run, with how well they recover the ontology (MAP, mean rank)."""
@@ -60,8 +77,8 @@ def embed(
     ontology = hapnet.load_ontology(source)
     out = out or Path(f"{ontology.name}.embeddings.parquet")
     check_writable(out, force)
-    if metrics is not None and metrics.exists() and not force:
-        raise InputError(metrics, "already exists (use --force to overwrite)")
+    if metrics is not None:
+        check_output_location(metrics, force=force)
 
     progress = loss_progress("training")
     task = None
@@ -119,7 +136,7 @@ def neighbors(
         Path, typer.Argument(help="An embeddings file written by `hapnet embed`, any format.")
     ],
     code: Annotated[str, typer.Argument(help="A code or category id, dotted or not.")],
-    k: Annotated[int, typer.Option("-k", "--k", help="How many neighbours.")] = 10,
+    k: Annotated[int, typer.Option("-k", "--k", help="How many neighbours (at least 1).")] = 10,
 ) -> None:
     """The codes nearest to CODE by cosine similarity, with their descriptions."""
     query, frame = hapnet.neighbors(embeddings, code, k=k)

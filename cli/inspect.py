@@ -10,7 +10,7 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from hapnet.cli.common import AsJson, console, user_errors
+from hapnet.cli.common import FLAG, TRAIN_DEFAULTS, AsJson, DeviceOpt, console, user_errors
 from hapnet.errors import HapnetError
 from hapnet.training.naming import group_names
 
@@ -25,6 +25,7 @@ RELATION_STYLES = {
 }
 
 RunDir = Annotated[Path, typer.Argument(help="A run folder written by `hapnet train`.")]
+EXPLAIN_K = 15  # rows of the explain table: the largest weights; the rest are summed by relation
 
 
 def _bar(fraction: float, width: int = 20) -> str:
@@ -38,19 +39,31 @@ def predict(
     run_dir: RunDir,
     history: Annotated[
         str | None,
-        typer.Option(help='Visits oldest first, separated by ";", codes by ",": "4280,5849;4019,42731".'),
+        typer.Option(
+            help='Visits oldest first, separated by ";", codes by ",": "4280,5849;4019,42731". '
+            "No default: give --history or --patient."
+        ),
     ] = None,
-    patient: Annotated[str | None, typer.Option(help="A patient id of --data: use all their visits.")] = None,
+    patient: Annotated[
+        str | None,
+        typer.Option(help="A patient id of --data: use all their visits. No default: give it or --history."),
+    ] = None,
     data: Annotated[
-        Path | None, typer.Option(help="Visit data holding --patient (MIMIC folder, long CSV, synth folder).")
+        Path | None,
+        typer.Option(help="Visit data holding --patient: MIMIC folder, long CSV, synth folder. No default."),
     ] = None,
-    top: Annotated[int, typer.Option(help="How many codes to list.")] = 20,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    k: Annotated[
+        int | None,
+        typer.Option(
+            "-k", "--k", help="How many codes to list, at least 1 (default: the run's k of accuracy@k)."
+        ),
+    ] = None,
+    device: DeviceOpt = TRAIN_DEFAULTS.device,
     as_json: AsJson = False,
 ) -> None:
     """The codes expected at a patient's next visit, most probable first."""
     # torch loads here, when the command runs
-    from hapnet.inspect.predict import parse_history, patient_history, predict_next_visit
+    from hapnet.inspect.predict import check_k, parse_history, patient_history, predict_next_visit
     from hapnet.training.runs import load
     from hapnet.utils.device import resolve_device
 
@@ -58,9 +71,11 @@ def predict(
         raise HapnetError("give either --history or --patient (with --data)")
     if patient is not None and data is None:
         raise HapnetError("--patient needs --data: the visit data the patient is in")
+    if k is not None:
+        check_k(k)  # before the run and the data load
     run = load(run_dir, device=str(resolve_device(device)))
     visits = parse_history(history) if history is not None else patient_history(run, data, patient)
-    result = predict_next_visit(run, visits, top=top)
+    result = predict_next_visit(run, visits, k=k)
     if as_json:
         print(json.dumps(result.as_dict()))
         return
@@ -102,28 +117,37 @@ def predict(
 def explain(
     run_dir: RunDir,
     code: Annotated[str, typer.Argument(help="An ontology code, e.g. 4280 or CCS:7.2.11.")],
-    top: Annotated[int, typer.Option(help="How many nodes to list (largest weights).")] = 15,
+    k: Annotated[
+        int, typer.Option("-k", "--k", help="How many nodes to list, largest weights first (at least 1).")
+    ] = EXPLAIN_K,
     png: Annotated[
-        Path | None, typer.Option("--png", help="Also draw the top nodes as a bar chart (.png/.svg/.pdf).")
+        Path | None,
+        typer.Option(
+            "--png", help="Also draw the top --k nodes as a bar chart, .png/.svg/.pdf (default: none)."
+        ),
     ] = None,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing --png file.")] = False,
+    device: DeviceOpt = TRAIN_DEFAULTS.device,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing --png file.", metavar=FLAG)
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
     """Where a code's final embedding comes from: the weight of every node's base embedding."""
     from hapnet.inspect.explain import RELATION_HELP, explain_code  # torch: when the command runs
+    from hapnet.inspect.predict import check_k
     from hapnet.training.runs import load
+    from hapnet.utils.device import resolve_device
 
-    if top < 1:
-        raise HapnetError(f"--top must be at least 1, got {top}")
+    check_k(k)  # before the run loads
     if png is not None and png.exists() and not force:
         raise HapnetError(f"{png}: already exists (use --force to overwrite)")
-    result = explain_code(load(run_dir), code)
+    result = explain_code(load(run_dir, device=str(resolve_device(device))), code)
     if png is not None:
         from hapnet.inspect.plots import plot_explanation  # matplotlib: only when a figure is asked for
 
-        plot_explanation(result, png, top=top, force=force)
+        plot_explanation(result, png, k, force=force)
     if as_json:
-        print(json.dumps({**result.as_dict(top), **({"png": str(png)} if png else {})}))
+        print(json.dumps({**result.as_dict(k), **({"png": str(png)} if png else {})}))
         return
     title = f"[bold]{result.code}[/] {result.description} (level {result.level})"
     if not result.in_vocabulary:
@@ -149,7 +173,7 @@ def explain(
             )
         console.print(totals)
     largest = float(result.nodes["weight"].iloc[0])
-    shown = min(top, len(result.nodes))
+    shown = min(k, len(result.nodes))
     table = Table(
         Column("weight", justify="right"),
         "",
@@ -159,7 +183,7 @@ def explain(
         "description",
         title=f"Top {shown} node{'s' if shown != 1 else ''}",
     )
-    for row in result.nodes.head(top).itertuples():
+    for row in result.nodes.head(k).itertuples():
         table.add_row(
             f"{row.weight:.4f}",
             _bar(row.weight / largest),
@@ -186,7 +210,7 @@ def plot(
         str,
         typer.Option("--map", help="Embedding map: auto (t-SNE up to 5,000 codes, else PCA), tsne or pca."),
     ] = "auto",
-    force: Annotated[bool, typer.Option(help="Overwrite existing figures.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing figures.", metavar=FLAG)] = False,
 ) -> None:
     """Learning curves, accuracy by frequency group (several runs side by side) and an embedding map."""
     from hapnet.inspect.plots import plot_runs  # matplotlib and torch: when the command runs

@@ -10,12 +10,30 @@ import typer
 from rich import box
 from rich.table import Table
 
+from hapnet.cli.common import (
+    FLAG,
+    AsJson,
+    BenchThreadsOpt,
+    DeviceOpt,
+    OntologyOpt,
+    ThreadsOpt,
+    console,
+    err_console,
+    user_errors,
+)
 from hapnet.cli.common import TRAIN_DEFAULTS as DEFAULTS
-from hapnet.cli.common import AsJson, DeviceOpt, OntologyOpt, ThreadsOpt, console, err_console, user_errors
 from hapnet.cli.display import RichCallbacks
+from hapnet.data.synth import DEFAULT_PATIENTS
+from hapnet.ontology.builtins import DEFAULT_ONTOLOGY
+from hapnet.perf.settings import BENCH_DEFAULTS
 from hapnet.training.config import ONTOLOGY_SCOPES, PRESETS
 
 PAPER = PRESETS["paper"]
+
+
+def bench_default(name: str) -> str:
+    return f" (default {BENCH_DEFAULTS[name]})"
+
 
 NOISY_SPREAD = 1.5  # slowest / fastest repeat above this: warn that the figures are unsteady
 PART_LABELS = {"propagation": "propagation", "train_step": "train step"}
@@ -58,27 +76,58 @@ def bench_table(result: dict[str, Any]) -> Table:
 
 @user_errors
 def bench(
-    ontology: Annotated[str | None, OntologyOpt.__metadata__[0]] = None,
-    model: Annotated[str | None, typer.Option(help="hap, gram or both.")] = None,
-    dim: Annotated[int | None, typer.Option(help="Code embedding size d.")] = None,
-    attention_dim: Annotated[int | None, typer.Option("--attention-dim", help="Attention size a.")] = None,
-    hidden: Annotated[int | None, typer.Option(help="GRU hidden size.")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Patients per training step.")
+    ontology: Annotated[
+        str | None,
+        typer.Option(help=f"{OntologyOpt.__metadata__[0].help} (default {DEFAULT_ONTOLOGY})"),
     ] = None,
-    device: Annotated[str | None, DeviceOpt.__metadata__[0]] = None,
-    repeats: Annotated[int | None, typer.Option(help="Timed runs (median) after one warm-up run.")] = None,
+    model: Annotated[str | None, typer.Option(help="hap, gram or both." + bench_default("model"))] = None,
+    dim: Annotated[
+        int | None, typer.Option(help=f"Code embedding size d (default {PAPER['dim']}, the paper's).")
+    ] = None,
+    attention_dim: Annotated[
+        int | None,
+        typer.Option(
+            "--attention-dim", help=f"Attention size a (default {PAPER['attention_dim']}, the paper's)."
+        ),
+    ] = None,
+    hidden: Annotated[
+        int | None, typer.Option(help=f"GRU hidden size (default {PAPER['hidden']}, the paper's).")
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size", help=f"Patients per training step (default {PAPER['batch_size']}, the paper's)."
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help=f"{DeviceOpt.__metadata__[0].help}" + bench_default("device"))
+    ] = None,
+    repeats: Annotated[
+        int | None, typer.Option(help="Timed runs (median) after one warm-up run." + bench_default("repeats"))
+    ] = None,
     patients: Annotated[
-        int | None, typer.Option(help="Synthetic patients (sets the code vocabulary).")
+        int | None,
+        typer.Option(
+            help=f"Synthetic patients, which set the code vocabulary (default {DEFAULT_PATIENTS:,})."
+        ),
     ] = None,
     matmul_size: Annotated[
-        int | None, typer.Option("--matmul-size", help="n of the n x n matmul that measures peak GFLOP/s.")
+        int | None,
+        typer.Option(
+            "--matmul-size",
+            help="n of the n x n matmul that measures peak GFLOP/s." + bench_default("matmul_size"),
+        ),
     ] = None,
-    threads: ThreadsOpt = None,
+    threads: BenchThreadsOpt = None,
     clock: Annotated[
-        str | None, typer.Option(help="wall, or cpu: process CPU time (steadier on a shared machine).")
+        str | None,
+        typer.Option(
+            help="wall, or cpu: process CPU time (steadier on a shared machine)." + bench_default("clock")
+        ),
     ] = None,
-    naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Also time the naive reference.")] = True,
+    naive: Annotated[
+        bool, typer.Option("--naive/--no-naive", help="Also time the naive reference.", metavar=FLAG)
+    ] = True,
     as_json: AsJson = False,
 ) -> None:
     """Time propagation and one training step of HAP / GRAM against the naive reference port
@@ -129,15 +178,25 @@ def reproduce(
         str, typer.Option(help="paper: the paper's settings; default: hapnet train's defaults.")
     ] = "paper",
     epochs: Annotated[
-        int | None, typer.Option(help=f"Override the preset's epochs (paper: {PAPER['epochs']}).")
+        int | None,
+        typer.Option(help=f"Override the preset's epochs (default: the preset's; paper: {PAPER['epochs']})."),
     ] = None,
-    dim: Annotated[int | None, typer.Option(help=f"Override d = {PAPER['dim']}.")] = None,
-    hidden: Annotated[int | None, typer.Option(help=f"Override GRU hidden = {PAPER['hidden']}.")] = None,
+    dim: Annotated[
+        int | None, typer.Option(help=f"Override d (default: the preset's; paper: {PAPER['dim']}).")
+    ] = None,
+    hidden: Annotated[
+        int | None,
+        typer.Option(help=f"Override GRU hidden (default: the preset's; paper: {PAPER['hidden']})."),
+    ] = None,
     attention_dim: Annotated[
-        int | None, typer.Option("--attention-dim", help=f"Override a = {PAPER['attention_dim']}.")
+        int | None,
+        typer.Option(
+            "--attention-dim", help=f"Override a (default: the preset's; paper: {PAPER['attention_dim']})."
+        ),
     ] = None,
     glove_epochs: Annotated[
-        int | None, typer.Option("--glove-epochs", help=f"Override GloVe's {DEFAULTS.glove_epochs}.")
+        int | None,
+        typer.Option("--glove-epochs", help=f"Override GloVe's epochs (default {DEFAULTS.glove_epochs})."),
     ] = None,
     ontology_scope: Annotated[
         str | None,
@@ -147,9 +206,12 @@ def reproduce(
         ),
     ] = None,
     device: DeviceOpt = DEFAULTS.device,
-    threads: ThreadsOpt = None,
+    threads: ThreadsOpt = "auto",
     force: Annotated[
-        bool, typer.Option(help="Retrain finished runs / reuse a folder of other settings.")
+        bool,
+        typer.Option(
+            "--force", help="Retrain finished runs / reuse a folder of other settings.", metavar=FLAG
+        ),
     ] = False,
 ) -> None:
     """The paper's ten configurations (HAP, HAP lv3/lv2, GRAM, GRAM lv3/lv2, RNN+, RNN, Rollup+, Rollup)
@@ -167,7 +229,7 @@ def reproduce(
         resumed = f", seeds {', '.join(map(str, done))} already done" if done else ""
         console.rule(f"[bold]{paper.name}[/] ({index + 1}/{count}{resumed})")
 
-    with torch_threads(threads):
+    with torch_threads(threads) as share:
         result = run_reproduce(
             data,
             out,
@@ -183,7 +245,7 @@ def reproduce(
             ontology_scope=ontology_scope,
             device=device,
             force=force,
-            callbacks=RichCallbacks(),
+            callbacks=RichCallbacks(share),
             on_config=announce,
         )
     console.print(result["markdown"], markup=False, highlight=False, soft_wrap=True)

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from hapnet.cli.common import ColumnsOpt, UnknownOpt, console, user_errors
+from hapnet.cli.common import FLAG, ColumnsOpt, UnknownOpt, console, user_errors
 from hapnet.data import synth as generator
 from hapnet.data.long_csv import parse_columns
 from hapnet.data.synth_fit import write_synth_like
@@ -39,12 +39,14 @@ def synth(
         typer.Option(
             "--like",
             help="Fit the generator to this data's aggregate figures (`hapnet data-stats`); "
-            "no record of it is copied.",
+            "no record of it is copied (default: MIMIC-III's figures).",
         ),
     ] = None,
     columns: ColumnsOpt = None,
     unknown: UnknownOpt = DEFAULT_UNKNOWN,
-    force: Annotated[bool, typer.Option("--force", help="Replace the folder if it exists.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the folder if it exists.", metavar=FLAG)
+    ] = False,
 ) -> None:
     """Generate synthetic patients (visits of ontology codes) shaped like MIMIC-III, or like DATA."""
     if like is None:

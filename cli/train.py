@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from hapnet.cli.common import TRAIN_DEFAULTS as DEFAULTS
 from hapnet.cli.common import (
+    FLAG,
     AsJson,
     ColumnsOpt,
     DeviceOpt,
@@ -20,8 +20,10 @@ from hapnet.cli.common import (
     console,
     user_errors,
 )
+from hapnet.cli.common import TRAIN_DEFAULTS as DEFAULTS
 from hapnet.cli.display import RichCallbacks, data_report_table, metrics_table, tasks_table
 from hapnet.data.long_csv import parse_columns
+from hapnet.embeddings.config import EmbedConfig
 from hapnet.errors import HapnetError
 from hapnet.training.config import (
     LOSSES,
@@ -44,6 +46,27 @@ def preset_help(setting: str, text: str) -> str:
     return f"{text} (default {default}" + (f"; --preset paper: {paper})" if paper != default else ")")
 
 
+def _setting_text(value: Any) -> str:
+    """A preset's value as help text: lists as 1,2,3 or none (rich would read [..] as markup)."""
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+def presets_help() -> str:
+    """What each preset of PRESETS sets, generated from it (never written by hand)."""
+    described = [
+        f"{name}: "
+        + (", ".join(f"{key} {_setting_text(v)}" for key, v in settings.items()) or "hapnet's defaults")
+        for name, settings in PRESETS.items()
+    ]
+    return (
+        "Start from a preset; options given override it. "
+        + "; ".join(described)
+        + ". (default: none, the defaults shown with each option)"
+    )
+
+
 ModelOpt = Annotated[
     str, typer.Option("--model", help="A model of the registry (`hapnet models` lists them).")
 ]
@@ -59,7 +82,9 @@ def train(
     ] = None,
     ontology: OntologyOpt = DEFAULTS.ontology,
     model: ModelOpt = DEFAULTS.model,
-    levels: Annotated[int | None, typer.Option(help="Use only the lowest K levels of the ontology.")] = None,
+    levels: Annotated[
+        int | None, typer.Option(help="Use only the lowest K levels of the ontology (default: all).")
+    ] = None,
     ontology_scope: Annotated[
         str | None,
         typer.Option(
@@ -80,9 +105,7 @@ def train(
             )
         ),
     ] = None,
-    preset: Annotated[
-        str | None, typer.Option(help=f"One of {', '.join(PRESETS)}: `paper` = the paper's exact settings.")
-    ] = None,
+    preset: Annotated[str | None, typer.Option(help=presets_help())] = None,
     epochs: Annotated[
         int | None, typer.Option(help=preset_help("epochs", "Training epochs at most (see --patience)."))
     ] = None,
@@ -97,7 +120,17 @@ def train(
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help=preset_help("batch_size", "Patients per step."))
     ] = None,
-    dim: Annotated[int | None, typer.Option(help=preset_help("dim", "Code embedding size d."))] = None,
+    dim: Annotated[
+        int | None,
+        typer.Option(
+            help=preset_help(
+                "dim",
+                "Code embedding size d: the paper's setting for next-visit prediction (d 128 scored far "
+                f"worse there, docs/training.md; `hapnet embed` uses {EmbedConfig().dim} for "
+                "structure-only embeddings).",
+            )
+        ),
+    ] = None,
     hidden: Annotated[int | None, typer.Option(help=preset_help("hidden", "GRU hidden size."))] = None,
     attention_dim: Annotated[
         int | None, typer.Option("--attention-dim", help=preset_help("attention_dim", "Attention size a."))
@@ -143,36 +176,45 @@ def train(
             "--time-input/--no-time-input",
             help="The GRU also reads log(1 + days since the previous visit) "
             "(data with visit times; default off).",
+            metavar=FLAG,
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (split, weights, batches).")] = DEFAULTS.seed,
     seeds: Annotated[
-        str | None, typer.Option(help="Several seeds, e.g. 0-4: one run each + mean ± std table.")
+        str | None,
+        typer.Option(help="Several seeds, e.g. 0-4: one run each + mean ± std table (default: --seed only)."),
     ] = None,
-    k: Annotated[int, typer.Option("--k", help="k of accuracy@k.")] = DEFAULTS.k,
+    k: Annotated[int, typer.Option("-k", "--k", help="k of accuracy@k (at least 1).")] = DEFAULTS.k,
     device: DeviceOpt = DEFAULTS.device,
     compile: Annotated[
         bool,
         typer.Option(
             "--compile/--no-compile",
             help="torch.compile the training step (CPU or CUDA; falls back to eager with a warning).",
+            metavar=FLAG,
         ),
     ] = DEFAULTS.compile,
-    threads: ThreadsOpt = None,
+    threads: ThreadsOpt = "auto",
     unknown: UnknownOpt = DEFAULTS.unknown,
     columns: ColumnsOpt = None,
     synth_patients: Annotated[
-        int | None, typer.Option("--synth-patients", help="Size of the built-in synthetic data.")
+        int | None,
+        typer.Option(
+            "--synth-patients",
+            help=f"Size of the built-in synthetic data (default {DEFAULTS.synth_patients:,}).",
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run folder (default runs/MODEL-TIME).")
     ] = None,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing run folder.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing run folder.", metavar=FLAG)
+    ] = False,
     resume: Annotated[
         Path | None,
         typer.Option(
             help="Continue an interrupted run (its folder or .NAME.partial) from its last epoch, "
-            "with its saved settings (other options are ignored)."
+            "with its saved settings (other options are ignored). Default: a new run."
         ),
     ] = None,
 ) -> None:
@@ -182,11 +224,11 @@ def train(
     from hapnet.training.trainer import train as train_model
     from hapnet.utils.threads import torch_threads
 
-    with torch_threads(threads):
+    with torch_threads(threads) as share:
         if resume is not None:
             if seeds:
                 raise HapnetError("--resume continues one run: give it one seed's folder (OUT/seed-S)")
-            show_result(train_model(resume=resume, force=force, callbacks=RichCallbacks()))
+            show_result(train_model(resume=resume, force=force, callbacks=RichCallbacks(share)))
             return
         config = make_config(
             preset=preset,
@@ -221,11 +263,11 @@ def train(
         name = run_name(config)
         out = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if seeds:
-            result = train_seeds(config, parse_seeds(seeds), out, force=force, callbacks=RichCallbacks())
+            result = train_seeds(config, parse_seeds(seeds), out, force=force, callbacks=RichCallbacks(share))
             console.print(result.markdown(name))
             console.print(f"runs and summary.md / summary.json in [bold]{result.out}[/]")
             return
-        show_result(train_model(config, out=out, force=force, callbacks=RichCallbacks()))
+        show_result(train_model(config, out=out, force=force, callbacks=RichCallbacks(share)))
 
 
 def show_result(result: Any) -> None:
@@ -249,8 +291,13 @@ def show_result(result: Any) -> None:
 @user_errors
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `hapnet train`.")],
-    data: Annotated[Path | None, typer.Option(help="Other data to evaluate on (all its patients).")] = None,
-    k: Annotated[int | None, typer.Option("--k", help="k of accuracy@k (default: the run's).")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Other data to evaluate on, all its patients (default: the run's test split)."),
+    ] = None,
+    k: Annotated[
+        int | None, typer.Option("-k", "--k", help="k of accuracy@k, at least 1 (default: the run's).")
+    ] = None,
     device: DeviceOpt = DEFAULTS.device,
     as_json: AsJson = False,
 ) -> None:

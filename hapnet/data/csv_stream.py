@@ -4,13 +4,17 @@ Columns whose sampled values are integers or ISO times parse natively; other str
 dictionary-encoded a group of blocks at a time. A block that disagrees with what the sample
 promised (a string in an integer column, invalid UTF-8) makes the file be read again, less
 optimistically. Memory stays bounded by the block size, whatever the file's size.
+
+Text that is not UTF-8 (UTF-16, Windows-1252, latin-1) is decoded by pyarrow with Python's codecs
+(`ReadOptions.encoding`). Lines end at LF, CR or CRLF; a quoted value may not span lines.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import re
-import warnings
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,10 +27,21 @@ import pyarrow.csv as pacsv
 
 from hapnet.data.times import SECONDS_PER_DAY, parse_times
 from hapnet.errors import InputError
-from hapnet.utils.textio import GZIP_MAGIC
+from hapnet.utils.textio import (
+    ENCODING_NAMES,
+    GZIP_MAGIC,
+    UTF8_BOM,
+    check_readable_file,
+    legacy_encoding,
+    os_error_reason,
+    utf16_encoding,
+    utf16_name,
+    warn_encoding,
+)
 
 BLOCK_SIZE = 16 << 20  # bytes of CSV per pyarrow block: bounds memory, keeps both cores busy
 _SNIFF_BYTES = 1 << 20
+_SCAN_BYTES = 1 << 22  # read size of the scan that finds an over-long line (for its error only)
 
 
 # Sampled values that let a column be parsed natively (no strings to hash): integers without
@@ -35,14 +50,46 @@ _INTEGER = re.compile(r"-?[1-9][0-9]{0,17}|0")
 
 
 _ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2})?)?")
+_LINE_BREAK = re.compile(r"[\r\n]")
+_SPANS_LINES = "a quoted value runs over several lines (an unclosed quote?)"
 
 
 class _Retry(Exception):
-    """A block disagreed with what the sample promised: read the file again, less optimistically."""
+    """A block disagreed with what the sample promised: read the file again, less optimistically:
+    in `encoding` (UTF-8 -> cp1252 -> latin-1), or, when it is None, with every column as strings."""
 
-    def __init__(self, latin1: bool):
-        super().__init__("latin-1" if latin1 else "strings")
-        self.latin1 = latin1
+    def __init__(self, encoding: str | None = None):
+        super().__init__(encoding or "strings")
+        self.encoding = encoding
+
+
+def _decode_sample(path: Path, sample: bytes, complete: bool) -> tuple[str, str, str]:
+    """(pyarrow's encoding, its name for messages, text) of a file's first bytes: UTF-8, UTF-16 (a BOM
+    or a NUL every other byte), else Windows-1252 or latin-1. `complete`: the sample is the whole file
+    (else it may end inside a character: the incremental decoders hold that back)."""
+    utf16 = utf16_encoding(sample)
+    if utf16 is not None:
+        name = utf16_name(sample, utf16)
+        try:
+            text = codecs.getincrementaldecoder(utf16)().decode(sample, final=complete)
+        except UnicodeDecodeError as exc:
+            raise InputError(path, f"not valid {name} text ({exc.reason})") from None
+        if "\x00" in text:
+            raise InputError(path, "binary data, expected a text (CSV) file")
+        return utf16, name, text
+    if b"\x00" in sample:
+        raise InputError(path, "binary data, expected a text (CSV) file")
+    try:
+        return "utf8", "UTF-8", codecs.getincrementaldecoder("utf-8-sig")().decode(sample, final=complete)
+    except UnicodeDecodeError:
+        pass
+    body = sample.removeprefix(UTF8_BOM)  # a BOM, then 8-bit bytes: the BOM is no text
+    encoding = legacy_encoding(body, complete=complete)
+    return encoding, ENCODING_NAMES[encoding], body.decode(encoding)
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 2**20:,.0f} MB" if num_bytes >= 2**20 else f"{num_bytes:,} bytes"
 
 
 @dataclass
@@ -52,17 +99,20 @@ class CsvFile:
     path: Path
     header: list[str]
     compression: str | None
-    encoding: str
+    encoding: str  # pyarrow's (Python's codec name): utf8, utf-16[-le|-be], cp1252, latin-1
     sample_rows: list[list[str]]
+    encoding_name: str = "UTF-8"  # what messages call it
 
     @classmethod
     def open(cls, path: Path) -> CsvFile:
-        if not path.exists():
-            raise InputError(path, "file not found")
-        if path.is_dir():
-            raise InputError(path, "is a folder, expected a CSV file")
-        with open(path, "rb") as handle:
-            magic = handle.read(2)
+        info = check_readable_file(path)
+        if not stat.S_ISREG(info.st_mode):  # a pipe would be empty by the second read
+            raise InputError(path, "not a regular file (a pipe or a device?): the file is read twice")
+        try:
+            with open(path, "rb") as handle:
+                magic = handle.read(2)
+        except OSError as exc:
+            raise InputError(path, os_error_reason(exc)) from None
         compression = "gzip" if magic == GZIP_MAGIC else None
         if compression is None and path.suffix.lower() == ".gz":
             raise InputError(path, "has a .gz suffix but is not gzip-compressed")
@@ -71,23 +121,15 @@ class CsvFile:
                 sample = stream.read(_SNIFF_BYTES)
         except (OSError, pa.ArrowException) as exc:
             raise InputError(path, f"corrupt or truncated gzip data ({exc})") from None
-        if not sample.strip():
+        complete = len(sample) < _SNIFF_BYTES
+        encoding, encoding_name, text = _decode_sample(path, sample, complete)
+        if not text.strip("\ufeff \t\r\n"):
             raise InputError(path, "empty file")
-        if b"\x00" in sample:
-            raise InputError(path, "binary data, expected a text (CSV) file")
-        encoding = "utf8"
-        try:
-            text = sample.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            cut_character = len(sample) == _SNIFF_BYTES and exc.start >= len(sample) - 3
-            if cut_character:  # the sample ends inside a multi-byte character: the text is fine
-                text = sample[: exc.start].decode("utf-8-sig")
-            else:
-                encoding = "latin-1"
-                warnings.warn(f"{path}: not valid UTF-8, read as latin-1", stacklevel=4)
-                text = sample.removeprefix(b"\xef\xbb\xbf").decode("latin-1")  # a BOM, then latin-1 bytes
         lines = text.lstrip("\ufeff").splitlines()
-        if len(sample) == _SNIFF_BYTES:
+        if not complete:
+            if len(lines) < 2:
+                reason = f"no line break in the first {_size(_SNIFF_BYTES)}: not a CSV file?"
+                raise InputError(path, reason, 1)
             lines = lines[:-1]  # the last line may be cut
         # a long free-text cell (pyarrow reads up to BLOCK_SIZE a line) must not stop the sample
         csv.field_size_limit(max(csv.field_size_limit(), _SNIFF_BYTES))
@@ -98,7 +140,7 @@ class CsvFile:
         header = [h.strip() for h in rows[0]] if rows else []
         if not any(header):
             raise InputError(path, "no header line (the first line is empty)", 1)
-        return cls(path, header, compression, encoding, rows[1:])
+        return cls(path, header, compression, encoding, rows[1:], encoding_name)
 
     def find(self, names: Sequence[str]) -> int | None:
         """Index of the first column whose name (case-insensitive) is in `names`, in `names` order."""
@@ -138,6 +180,10 @@ class CsvFile:
             column_names=names, skip_rows=1, block_size=BLOCK_SIZE, encoding=self.encoding, use_threads=True
         )
         column_types = {names[i]: types.get(role, pa.string()) for role, i in wanted.items()}
+        typed = any(t != pa.string() for t in column_types.values())
+        # The last column is read too: an unclosed quote there swallows the rest of the file silently.
+        last = names[-1]
+        column_types.setdefault(last, pa.string())
         convert_options = pacsv.ConvertOptions(
             include_columns=list(column_types),
             column_types=column_types,
@@ -145,21 +191,81 @@ class CsvFile:
             quoted_strings_can_be_null=False,
         )
         parse_options = pacsv.ParseOptions(newlines_in_values=False)
-        typed = any(t != pa.string() for t in column_types.values())
+        rows, last_value = 0, None
         try:
             stream = pa.input_stream(str(self.path), compression=self.compression)
             reader = pacsv.open_csv(stream, read_options, parse_options, convert_options)
             for batch in reader:
+                if batch.num_rows:
+                    last_value = (rows + batch.num_rows - 1, batch.column(last)[-1].as_py())
+                rows += batch.num_rows
                 yield {role: batch.column(names[i]) for role, i in wanted.items()}
+        except UnicodeDecodeError as exc:  # pyarrow decodes other encodings with Python's codecs
+            if self.encoding == "cp1252":  # a byte cp1252 leaves undefined
+                raise _Retry("latin-1") from None
+            raise InputError(self.path, f"not valid {self.encoding_name} text ({exc.reason})") from None
         except pa.ArrowInvalid as exc:
             message = str(exc).splitlines()[0]
             if "invalid UTF8" in message and self.encoding == "utf8":
-                raise _Retry(latin1=True) from None
+                raise _Retry("cp1252") from None
             if typed and "conversion error" in message:
-                raise _Retry(latin1=False) from None
+                raise _Retry() from None
+            if "straddl" in message:  # no line break within a whole block
+                raise self._long_line_error() from None
+            if "out of sync" in message:  # pyarrow's chunker met a quoted line break
+                raise InputError(self.path, f"{_SPANS_LINES} at or after this line", rows + 2) from None
             raise InputError(self.path, f"unreadable CSV ({message})") from None
         except (OSError, pa.ArrowException) as exc:
             raise InputError(self.path, f"corrupt or truncated data ({exc})") from None
+        # An unclosed quote in the last block runs to the end of the file: its value holds line breaks.
+        if last_value is not None and isinstance(last_value[1], str) and _LINE_BREAK.search(last_value[1]):
+            raise InputError(self.path, _SPANS_LINES, last_value[0] + 2)
+
+    def _long_line_error(self) -> InputError:
+        """pyarrow found no line break within a block: name the first line longer than a block."""
+        try:
+            found = self._first_long_line(BLOCK_SIZE)
+        except (OSError, pa.ArrowException, UnicodeError):  # the line number is a bonus
+            found = None
+        reason = (
+            f"is longer than the reader's block of {_size(BLOCK_SIZE)}: the file is probably malformed "
+            "(line breaks missing?)"
+        )
+        if found is None:
+            return InputError(self.path, f"a line {reason}")
+        line, length = found
+        return InputError(self.path, f"this line of {_size(length)} {reason}", line)
+
+    def _first_long_line(self, limit: int) -> tuple[int, int] | None:
+        """(line number, length) of the first line longer than `limit` bytes of the text pyarrow reads
+        (UTF-8), lines ending at LF, CR or CRLF; None if there is none. Reads the file once more."""
+        stream = pa.input_stream(str(self.path), compression=self.compression)
+        if self.encoding != "utf8":
+            stream = pa.transcoding_input_stream(stream, self.encoding, "utf8")
+        line, carry, after_cr = 1, 0, False
+        with stream:
+            while chunk := stream.read(_SCAN_BYTES):
+                data = np.frombuffer(chunk, dtype=np.uint8)
+                cr, lf = data == 13, data == 10
+                ends = cr | lf
+                ends[:-1] &= ~(cr[:-1] & lf[1:])  # CRLF: one line end, at the LF
+                if after_cr and lf[0]:  # the LF of a CRLF whose CR ended the last chunk: no line
+                    ends[0] = False
+                    carry -= 1
+                at = np.flatnonzero(ends)
+                after_cr = bool(cr[-1])
+                if len(at) == 0:
+                    carry += len(data)
+                    continue
+                lengths = np.diff(at, prepend=-1) - 1
+                lengths[0] += carry
+                lengths -= (lf & np.r_[False, cr[:-1]])[at]  # the CR of a CRLF is no part of the line
+                longer = np.flatnonzero(lengths > limit)
+                if len(longer):
+                    return line + int(longer[0]), int(lengths[longer[0]])
+                line += len(at)
+                carry = len(data) - 1 - int(at[-1])
+        return (line, carry) if carry > limit else None
 
 
 class _Column:
@@ -180,7 +286,7 @@ class _Column:
         kind = "string"
         if pa.types.is_integer(values.type):
             if values.null_count:  # an empty id: its string reading decides what it means
-                raise _Retry(latin1=False)
+                raise _Retry()
             kind = "int"
             self._parts.append(values.to_numpy())
         elif pa.types.is_timestamp(values.type):
@@ -256,21 +362,24 @@ def stream_columns(
 ) -> dict[str, _Column]:
     """Read the wanted columns (role -> index) of a whole file; roles in `typed` may parse natively."""
     types = {role: csv_file.sniff_type(wanted[role], time=role == "time") for role in typed if role in wanted}
-    for _attempt in range(3):
+    for _attempt in range(5):  # at most: strings instead of types, then UTF-8 -> cp1252 -> latin-1
         columns: dict[str, _Column] = {}
         try:
             for batch in csv_file.batches(wanted, types):
                 for role, values in (transform(batch) if transform else batch).items():
                     columns.setdefault(role, _Column()).add(values)
         except _Retry as retry:
-            if retry.latin1:
-                warnings.warn(f"{csv_file.path}: not valid UTF-8, read as latin-1", stacklevel=3)
-                csv_file = replace(csv_file, encoding="latin-1")
+            if retry.encoding:
+                csv_file = replace(
+                    csv_file, encoding=retry.encoding, encoding_name=ENCODING_NAMES[retry.encoding]
+                )
             else:
                 types = {}
             continue
         if not columns or len(next(iter(columns.values()))) == 0:
             raise InputError(csv_file.path, "header only, no data rows")
+        if csv_file.encoding != "utf8":
+            warn_encoding(csv_file.path, csv_file.encoding_name, stacklevel=3)
         return columns
     raise AssertionError("unreachable")  # pragma: no cover
 

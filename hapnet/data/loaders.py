@@ -12,6 +12,7 @@ Every source becomes the same long table of integers (`hapnet.data.table`), asse
 from __future__ import annotations
 
 import json
+import stat
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from hapnet.data.table import DEFAULT_UNKNOWN, UNKNOWN_POLICIES, LongTable, asse
 from hapnet.data.visits import VisitData
 from hapnet.errors import HapnetError, InputError
 from hapnet.ontology.graph import Ontology
+from hapnet.utils.textio import entry_exists, list_folder, os_error_reason, stat_input
 
 
 def load_visits(
@@ -49,14 +51,15 @@ def load_visits(
         rows = rows_from_frame(frame, None, "synthetic (generated in memory)", "synth")
         return assemble(rows, ontology, unknown, min_visits)
     path = Path(path)
-    if not path.exists():
+    if not entry_exists(path):
         raise InputError(
             path, "not found (expected a MIMIC-III/IV folder, a long CSV or a `hapnet synth` folder)"
         )
-    if path.is_file() and path.name == synth.MANIFEST:
-        path = path.parent
-    if path.is_dir():
-        if (path / synth.MANIFEST).exists():
+    is_folder = stat.S_ISDIR(stat_input(path).st_mode)  # a broken link, a link loop: one line
+    if not is_folder and path.name == synth.MANIFEST:
+        path, is_folder = path.parent, True
+    if is_folder:
+        if any(p.name == synth.MANIFEST for p in list_folder(path)):
             rows = _read_synth_folder(path, ontology, columns)
         else:
             mimic = find_mimic(path)
@@ -127,7 +130,9 @@ def _read_synth_folder(folder: Path, ontology: Ontology, columns: dict[str, str]
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         data_file = folder / manifest.get("file", "visits.csv.gz")
-    except (OSError, ValueError, AttributeError) as exc:
+    except OSError as exc:
+        raise InputError(manifest_path, f"unreadable synth manifest ({os_error_reason(exc)})") from None
+    except (ValueError, AttributeError) as exc:
         raise InputError(manifest_path, f"unreadable synth manifest ({exc})") from None
     made_for = manifest.get("ontology")
     if made_for and made_for != ontology.name:

@@ -5,6 +5,7 @@ its codes are namespaced `ICD9:4019` / `ICD10:I10`."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,26 +17,39 @@ from hapnet.data.table import LongTable, drop_empty_patient
 from hapnet.errors import InputError
 from hapnet.ontology.codes import SYSTEMS
 from hapnet.ontology.graph import Ontology
+from hapnet.utils.textio import list_folder
 
 
-def _find_file(folder: Path, stem: str) -> Path | None:
-    """`stem.csv` or `stem.csv.gz` in any letter case."""
-    if not folder.is_dir():
-        return None
+def _quiet(test: Callable[[], bool]) -> bool:
+    """`path.is_dir()` or `path.is_file()`, False where the system will not say (reading it says why)."""
+    try:
+        return test()
+    except OSError:
+        return False
+
+
+def _find_file(entries: list[Path], stem: str) -> Path | None:
+    """`stem.csv` or `stem.csv.gz` in any letter case: a file first, else whatever bears the name (a
+    folder, a link loop, an unreadable entry), so that reading it says what is wrong with it."""
     wanted = {f"{stem}.csv", f"{stem}.csv.gz"}
-    matches = sorted(p for p in folder.iterdir() if p.name.lower() in wanted and p.is_file())
-    return matches[0] if matches else None
+    matches = [p for p in entries if p.name.lower() in wanted]
+    files = [p for p in matches if _quiet(p.is_file)]
+    return (files or matches or [None])[0]
 
 
 def find_mimic(path: Path) -> tuple[Path, Path]:
+    entries = list_folder(path)
     for folder in (path, path / "hosp", path / "HOSP"):
-        admissions, diagnoses = _find_file(folder, "admissions"), _find_file(folder, "diagnoses_icd")
+        if folder is not path and not _quiet(folder.is_dir):
+            continue
+        inside = entries if folder is path else list_folder(folder)
+        admissions, diagnoses = _find_file(inside, "admissions"), _find_file(inside, "diagnoses_icd")
         if admissions and diagnoses:
             return admissions, diagnoses
         if admissions or diagnoses:
             missing = "DIAGNOSES_ICD.csv[.gz]" if admissions else "ADMISSIONS.csv[.gz]"
             raise InputError(folder, f"MIMIC folder without {missing}")
-    found = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "nothing"
+    found = ", ".join(p.name for p in entries[:10]) or "nothing"
     raise InputError(
         path,
         "not a visit data folder: expected ADMISSIONS + DIAGNOSES_ICD (MIMIC-III), hosp/admissions + "
@@ -61,6 +75,9 @@ def read_mimic(admissions_path: Path, diagnoses_path: Path, ontology: Ontology) 
     }
     if version_col is not None:
         diag_cols["version"] = version_col
+    diag_subject = diagnoses.find(["subject_id"])  # checked against the admission's, when present
+    if diag_subject is not None:
+        diag_cols["patient"] = diag_subject
 
     systems = all(s in ontology for s in SYSTEMS)  # MIMIC-IV's two systems as nodes
 
@@ -72,24 +89,40 @@ def read_mimic(admissions_path: Path, diagnoses_path: Path, ontology: Ontology) 
         return {**batch, "code": pc.if_else(pc.equal(code, ""), code, joined)}
 
     adm = stream_columns(admissions, adm_cols, typed=("patient", "visit", "time"))
-    diag = stream_columns(diagnoses, diag_cols, typed=("visit",), transform=namespaced if systems else None)
+    diag = stream_columns(
+        diagnoses, diag_cols, typed=("visit", "patient"), transform=namespaced if systems else None
+    )
     # hadm ids of both tables in one id space
     hadm_names, (adm_hadm, row_hadm) = unify_ids(adm["visit"].factorize(), diag["visit"].factorize())
     num_hadm = int(max(adm_hadm.max(initial=-1), row_hadm.max(initial=-1))) + 1
     code_names, row_code = diag["code"].factorize()
 
-    # Admission facts per hadm id (the first row wins if an id repeats). An empty subject_id is
-    # no patient, and an empty hadm_id no admission: their diagnoses are orphans, never a
-    # pseudo-patient "" or one visit merged from unrelated rows.
+    # Admission facts per hadm id (an id on two rows must be the same admission: the first row
+    # is kept). An empty subject_id is no patient, and an empty hadm_id no admission: their
+    # diagnoses are orphans, never a pseudo-patient "" or one visit merged from unrelated rows.
     patient_names, adm_patient = adm["patient"].factorize()
     patient_names, adm_patient, _ = drop_empty_patient(patient_names, adm_patient)
     adm_time = adm["time"].times(admissions.path, first_line=2)
+    notes: list[str] = []
+    repeated = _repeated_admissions(
+        admissions, adm_cols, hadm_names, adm_hadm, patient_names, adm_patient, adm_time
+    )
+    if repeated:
+        message = (
+            f"{admissions.path}: {repeated:,} repeated admission rows (same "
+            f"{admissions.header[adm_cols['visit']]}, subject and time) counted once"
+        )
+        warnings.warn(message, stacklevel=3)
+        notes.append(message)
     patient_of_hadm = np.full(num_hadm, -1, dtype=np.int64)
     time_of_hadm = np.full(num_hadm, np.nan)
     patient_of_hadm[adm_hadm[::-1]] = adm_patient[::-1]
     time_of_hadm[adm_hadm[::-1]] = adm_time[::-1]
     patient_of_hadm[np.flatnonzero(hadm_names == "")] = -1
     row_patient = patient_of_hadm[row_hadm]
+    if "patient" in diag:
+        _check_subjects(diagnoses, admissions, diag["patient"].factorize(), patient_names, row_patient,
+                        hadm_names[row_hadm])  # fmt: skip
     if not (row_patient >= 0).any():  # else "no known code" would blame the ontology
         raise InputError(
             diagnoses.path,
@@ -100,7 +133,6 @@ def read_mimic(admissions_path: Path, diagnoses_path: Path, ontology: Ontology) 
     with_diagnoses = np.zeros(num_hadm, dtype=bool)
     with_diagnoses[row_hadm] = True
 
-    notes: list[str] = []
     if kind == "mimic4" and not systems:
         versions, version_ids = diag["version"].factorize()
         counts = np.bincount(version_ids, minlength=len(versions))
@@ -129,3 +161,80 @@ def read_mimic(admissions_path: Path, diagnoses_path: Path, ontology: Ontology) 
         admissions_without_diagnoses=int((~with_diagnoses[np.unique(adm_hadm)]).sum()),
         notes=notes,
     )
+
+
+def _check_subjects(
+    diagnoses: CsvFile,
+    admissions: CsvFile,
+    diag_patients: tuple[np.ndarray, np.ndarray],
+    patient_names: np.ndarray,
+    row_patient: np.ndarray,
+    row_hadm_name: np.ndarray,
+) -> None:
+    """A diagnosis row's SUBJECT_ID must be its admission's: else the two tables disagree on
+    whose visit it is, and one patient's codes would silently move to another."""
+    names, ids = diag_patients
+    index = {name: i for i, name in enumerate(patient_names.tolist())}
+    as_admission_patient = np.array([index.get(name, -2) for name in names.tolist()], dtype=np.int64)
+    row_subject = as_admission_patient[ids]
+    known = (row_patient >= 0) & (names[ids] != "")
+    wrong = np.flatnonzero(known & (row_subject != row_patient))
+    if len(wrong):
+        row = int(wrong[0])
+        subject_col = diagnoses.header[diagnoses.find(["subject_id"])]
+        raise InputError(
+            diagnoses.path,
+            f"{subject_col} {names[ids[row]]} but its admission {row_hadm_name[row]} is of {subject_col} "
+            f"{patient_names[row_patient[row]]} in {admissions.path.name} "
+            f"({len(wrong):,} such row{'s' if len(wrong) != 1 else ''})",
+            line=row + 2,
+        )
+
+
+def _repeated_admissions(
+    admissions: CsvFile,
+    columns: dict[str, int],
+    hadm_names: np.ndarray,
+    adm_hadm: np.ndarray,
+    patient_names: np.ndarray,
+    adm_patient: np.ndarray,
+    adm_time: np.ndarray,
+) -> int:
+    """Rows of ADMISSIONS that repeat a hadm id of an earlier row with the same subject and time.
+
+    Another subject or time on a repeated hadm id is an InputError naming both lines: keeping the
+    first row would move a visit to another patient, or another day, without a word.
+    """
+    order = np.argsort(adm_hadm, kind="stable")  # the rows of one hadm id together, in file order
+    ids = adm_hadm[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    repeats = np.flatnonzero(np.r_[False, ids[1:] == ids[:-1]])
+    if len(repeats) == 0:
+        return 0
+    row = order[repeats]
+    first = order[starts[np.searchsorted(starts, repeats, side="right") - 1]]
+    row_time, first_time = adm_time[row], adm_time[first]
+    other_subject = adm_patient[row] != adm_patient[first]
+    other_time = (row_time != first_time) & ~(np.isnan(row_time) & np.isnan(first_time))
+    real = hadm_names[adm_hadm[row]] != ""  # empty hadm ids are no admission: never compared
+    conflict = np.flatnonzero(real & (other_subject | other_time))
+    if len(conflict):
+        k = conflict[np.argmin(row[conflict])]  # the first conflict in file order
+        a, b = int(first[k]), int(row[k])
+        if other_subject[k]:
+            what = admissions.header[columns["patient"]]
+            values = [str(patient_names[adm_patient[i]]) if adm_patient[i] >= 0 else "empty" for i in (a, b)]
+        else:
+            what = admissions.header[columns["time"]]
+            values = [_time_text(adm_time[i]) for i in (a, b)]
+        raise InputError(
+            admissions.path,
+            f"{admissions.header[columns['visit']]} {hadm_names[adm_hadm[b]]} also on line {a + 2} with "
+            f"another {what} ({values[0]} vs {values[1]})",
+            b + 2,
+        )
+    return int(real.sum())
+
+
+def _time_text(seconds: float) -> str:
+    return "empty" if np.isnan(seconds) else str(np.datetime64(int(seconds), "s")).replace("T", " ")

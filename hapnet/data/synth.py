@@ -44,6 +44,7 @@ from hapnet.ontology.builtins import DEFAULT_ONTOLOGY, load_ontology
 from hapnet.ontology.graph import Ontology
 from hapnet.utils.arrays import range_owners, range_positions, sorted_unique
 from hapnet.utils.cache import cache_dir
+from hapnet.utils.paths import check_output_location
 from hapnet.utils.textio import atomic_path
 
 DEFAULT_PATIENTS = 7_500
@@ -461,6 +462,7 @@ def write_synth(
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise HapnetError(f"{out_dir}: already exists (use --force to overwrite)")
+    check_output_location(out_dir, force=force, kind="folder")
     settings = settings or SynthSettings()
     _check(patients, settings)
     ontology = _resolve_ontology(ontology)

@@ -29,6 +29,7 @@ from hapnet.data.visits import VisitData
 from hapnet.errors import HapnetError
 from hapnet.ontology.builtins import DEFAULT_ONTOLOGY, load_ontology
 from hapnet.ontology.graph import Ontology
+from hapnet.utils.paths import check_output_location
 
 MAX_FIT_PATIENTS = 50_000  # a larger source is fitted on this many patients (time per round)
 TOLERANCE = 0.10  # the relative difference every figure should reach
@@ -227,6 +228,7 @@ def write_synth_like(
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:  # before the fit, which takes a while
         raise HapnetError(f"{out_dir}: already exists (use --force to overwrite)")
+    check_output_location(out_dir, force=force, kind="folder")
     ontology = ontology if isinstance(ontology, Ontology) else load_ontology(ontology)
     target = data_stats(source, ontology, columns=columns, unknown=unknown)
     patients = patients or target.patients_2plus

@@ -33,7 +33,7 @@ class EmbedConfig:
         get_model(self.model)
         checks = [
             (self.dim >= 1 and self.attention_dim >= 1, "--dim and the attention size must be at least 1"),
-            (self.epochs >= 0, "--epochs must be at least 0"),
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.levels is None or self.levels >= 1, "--levels must be at least 1"),
             (self.lr > 0 and self.temperature > 0, "lr and temperature must be positive"),
             (self.negatives >= 1 and self.hard_negatives >= 0, "negatives must be at least 1"),

@@ -9,6 +9,9 @@ The format follows the suffix of the path:
 - `.tsv`: TensorBoard projector, the vectors (tab-separated, no header) and
   `<stem>.metadata.tsv` with a header and the columns code, description, level.
 
+Reading refuses, in one line (`InputError`), a file that is not what its suffix says, a code with
+two vectors and a vector that is not finite; a `.npy` file is never unpickled.
+
 Every file is written under a temporary name and renamed into place when complete; a companion
 file (`.codes.txt`, `.metadata.tsv`) is renamed first, so the main file appears last. Text formats
 write 9 significant digits: a float32 reads back exactly.
@@ -16,7 +19,9 @@ write 9 significant digits: a float32 reads back exactly.
 
 from __future__ import annotations
 
+import os
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from hapnet.errors import HapnetError, InputError, error_summary
+from hapnet.utils.paths import check_output_location
 from hapnet.utils.textio import atomic_path, read_text
 
 FORMATS = {
@@ -115,12 +121,10 @@ def output_paths(path: str | Path) -> list[Path]:
 
 
 def check_writable(path: str | Path, force: bool = False) -> None:
-    """Fail early (before any long computation) on an unknown format or a file that would be overwritten."""
+    """Fail early (before any long computation) on an unknown format, a file that would be
+    overwritten, a folder in the way, or a place that cannot be written (`check_output_location`)."""
     for target in output_paths(path):
-        if target.exists() and not force:
-            raise InputError(target, "already exists (use --force to overwrite)")
-        if target.is_dir():
-            raise InputError(target, "is a folder, expected a file name")
+        check_output_location(target, force=force, kind="file")
 
 
 # ----------------------------------------------------------------------------- writing
@@ -161,11 +165,18 @@ def write_embeddings(table: EmbeddingTable, path: str | Path, *, force: bool = F
 def word2vec_words(codes: list[str]) -> list[str]:
     """Codes as word2vec tokens: whitespace inside a code becomes `_` (the format splits on spaces)."""
     words = [re.sub(r"\s+", "_", code.strip()) for code in codes]
-    if len(set(words)) != len(words):
-        seen: set[str] = set()
-        clash = next(w for w in words if w in seen or seen.add(w))  # type: ignore[func-returns-value]
+    clash = _first_duplicate(words)
+    if clash is not None:
         raise HapnetError(f"two codes become the same word2vec token {clash!r} once spaces are replaced by _")
     return words
+
+
+def _first_duplicate(items: list[str]) -> str | None:
+    """The first item seen twice, or None."""
+    if len(set(items)) == len(items):
+        return None
+    seen: set[str] = set()
+    return next(item for item in items if item in seen or seen.add(item))  # type: ignore[func-returns-value]
 
 
 def _cell(text: str) -> str:
@@ -206,8 +217,24 @@ def _write_rows(handle, vectors: np.ndarray, sep: str, words: list[str] | None =
 
 
 # ----------------------------------------------------------------------------- reading
+NOT_EMBEDDINGS = "not a hapnet embeddings file"
+NPY_MAGIC = b"\x93NUMPY"
+# What the readers (numpy, pandas, pyarrow) raise on a file that is not what its suffix says:
+# ValueError covers pandas' parser errors, pyarrow's ArrowInvalid and undecodable text.
+_BAD_FILE_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    EOFError,
+    NotImplementedError,
+    zipfile.BadZipFile,
+)
+
+
 def read_embeddings(path: str | Path) -> EmbeddingTable:
-    """Read any format `write_embeddings` writes (by suffix); bad files raise `InputError`."""
+    """Read any format `write_embeddings` writes (by suffix); bad files raise `InputError`
+    ("PATH: not a hapnet embeddings file (why)"). A `.npy` file is never unpickled."""
     path = Path(path)
     suffix = _suffix(path)
     if not path.exists():
@@ -216,16 +243,69 @@ def read_embeddings(path: str | Path) -> EmbeddingTable:
         raise InputError(path, "is a folder, expected an embeddings file")
     try:
         if suffix in (".parquet", ".csv"):
-            return _read_table(path, suffix)
-        if suffix == ".npy":
-            return _read_npy(path)
-        if suffix in (".txt", ".w2v"):
-            return _read_word2vec(path)
-        return _read_projector(path)
+            table = _read_table(path, suffix)
+        elif suffix == ".npy":
+            table = _read_npy(path)
+        elif suffix in (".txt", ".w2v"):
+            table = _read_word2vec(path)
+        else:
+            table = _read_projector(path)
     except HapnetError:
         raise
-    except (ValueError, OSError, KeyError, IndexError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not a readable {suffix} embeddings file ({error_summary(exc)})") from None
+    except OSError as exc:
+        if exc.errno is None:  # a reader's own I/O error on a malformed file (pyarrow, gzip)
+            raise InputError(path, f"{NOT_EMBEDDINGS} ({error_summary(exc)})") from None
+        where = exc.filename if exc.filename is not None else path
+        raise InputError(where, os.strerror(exc.errno).lower()) from None
+    except _BAD_FILE_ERRORS as exc:
+        raise InputError(path, f"{NOT_EMBEDDINGS} ({error_summary(exc)})") from None
+    return _checked(path, table)
+
+
+def _checked(path: Path, table: EmbeddingTable) -> EmbeddingTable:
+    """No answer from a table that would give wrong ones: every code once, every value finite."""
+    twice = _first_duplicate(table.codes)
+    if twice is not None:
+        raise InputError(path, f"code {twice!r} has two vectors")
+    finite = np.isfinite(table.vectors).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise InputError(path, f"the vector of code {table.codes[row]!r} holds NaN or infinity")
+    return table
+
+
+def read_matrix(path: str | Path) -> np.ndarray:
+    """The float32 matrix [N, D] of a `.npy` file; anything else raises `InputError`.
+
+    Never unpickled (allow_pickle=False); memory-mapped first, so a header that promises more
+    than the file holds is refused before anything is allocated.
+    """
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(len(NPY_MAGIC))
+    if head != NPY_MAGIC:
+        if not head:
+            reason = "an empty file"
+        elif head.startswith(b"\x80"):  # pickle protocol 2 and later
+            reason = "a Python pickle, never loaded"
+        elif head.startswith(b"PK"):
+            reason = "a zip archive (.npz?), expected a .npy matrix"
+        else:
+            reason = "no .npy header"
+        raise InputError(path, f"{NOT_EMBEDDINGS} ({reason})")
+    try:
+        loaded = np.load(path, mmap_mode="r", allow_pickle=False)
+    except _BAD_FILE_ERRORS as exc:
+        reason = error_summary(exc)
+        if "mmap length" in reason:  # numpy's words for a header that promises more than the file has
+            reason = "truncated: its header promises more values than the file holds"
+        raise InputError(path, f"{NOT_EMBEDDINGS} ({reason})") from None
+    if loaded.ndim != 2 or loaded.dtype.kind not in "fiu":
+        raise InputError(
+            path,
+            f"{NOT_EMBEDDINGS} ({loaded.dtype} values of shape {loaded.shape}, expected a matrix of numbers)",
+        )
+    return np.array(loaded, dtype=np.float32)
 
 
 def _read_table(path: Path, suffix: str) -> EmbeddingTable:
@@ -262,12 +342,12 @@ def _complete(frame: pd.DataFrame, column: str) -> pd.Series | None:
 
 
 def _read_npy(path: Path) -> EmbeddingTable:
-    vectors = np.load(path, allow_pickle=False)
+    vectors = read_matrix(path)
     codes_path = path.with_suffix(".codes.txt")
     if not codes_path.exists():
         raise InputError(codes_path, "file not found (the codes of the .npy rows, one per line)")
     codes = read_text(codes_path).splitlines()
-    if vectors.ndim != 2 or len(codes) != len(vectors):
+    if len(codes) != len(vectors):
         raise InputError(codes_path, f"{len(codes)} codes for a matrix of shape {vectors.shape}")
     return EmbeddingTable(codes, vectors)
 
@@ -281,17 +361,17 @@ def _read_word2vec(path: Path) -> EmbeddingTable:
     rows = [line for line in lines[1:] if line.strip()]
     if len(rows) != count:
         raise InputError(path, f"header says {count} vectors, found {len(rows)}")
-    codes, vectors = [], np.empty((count, dim), dtype=np.float32)
+    codes, vectors = [], []  # rows are checked before use: the header's D allocates nothing
     for number, line in enumerate(rows, start=2):
         fields = line.rstrip().split(" ")
         if len(fields) != dim + 1:
             raise InputError(path, f"expected a word and {dim} numbers, found {len(fields)} fields", number)
         codes.append(fields[0])
         try:
-            vectors[number - 2] = np.asarray(fields[1:], dtype=np.float32)
+            vectors.append(np.asarray(fields[1:], dtype=np.float32))
         except ValueError:
             raise InputError(path, "not a number in the vector", number) from None
-    return EmbeddingTable(codes, vectors)
+    return EmbeddingTable(codes, np.stack(vectors) if vectors else np.empty((0, dim), dtype=np.float32))
 
 
 def _read_projector(path: Path) -> EmbeddingTable:

@@ -36,7 +36,7 @@ def neighbors(
     Each frame row: rank, code, description, level, similarity.
     """
     if k < 1:
-        raise HapnetError(f"-k must be at least 1, got {k}")
+        raise HapnetError(f"--k must be at least 1, got {k}")
     source = "embeddings"
     if isinstance(embeddings, EmbedResult):
         table = embeddings.table

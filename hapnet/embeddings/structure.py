@@ -41,7 +41,7 @@ from hapnet.models.registry import build_embedder, get_model
 from hapnet.ontology.builtins import load_ontology
 from hapnet.ontology.graph import Ontology
 from hapnet.ontology.hierarchy import Hierarchy
-from hapnet.training.runs import load
+from hapnet.training.runs import Run, as_run
 from hapnet.utils.device import resolve_device
 
 
@@ -180,15 +180,14 @@ class RankingObjective:
         return loss
 
 
-def train_structure(
-    ontology: Ontology, config: EmbedConfig, callback: Callback | None = None
-) -> tuple[torch.nn.Module, list[float]]:
-    """Train an embedder of every node (`config.model`, HAP by default) on the ranking objective.
+def initial_embedder(ontology: Ontology, config: EmbedConfig) -> torch.nn.Module:
+    """The embedder `train_structure` starts from, before any step: random base embeddings (seeded
+    by `config.seed`) through the propagation. `config.epochs` is not read: this is the untrained
+    baseline of benchmarks/bench_embed.py, which `embed` never returns (it needs 1 epoch or more).
 
-    The embedder is built exactly as for `hapnet train` (on the ontology truncated to
-    `config.levels`); the objective always uses the full ontology's edges.
+    The embedder is built exactly as for `hapnet train`, on the ontology truncated to
+    `config.levels`, on `config.device`.
     """
-    device = resolve_device(config.device)
     hierarchy = Hierarchy.from_ontology(ontology.truncate(config.levels))
     everything = np.arange(len(ontology))
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's RNG
@@ -198,7 +197,20 @@ def train_structure(
             hierarchy,
             everything,
             EmbedderConfig(dim=config.dim, attention_dim=config.attention_dim),
-        ).to(device)
+        )
+    return embedder.to(resolve_device(config.device))
+
+
+def train_structure(
+    ontology: Ontology, config: EmbedConfig, callback: Callback | None = None
+) -> tuple[torch.nn.Module, list[float]]:
+    """Train an embedder of every node (`config.model`, HAP by default) on the ranking objective,
+    `config.epochs` full-batch steps from `initial_embedder`.
+
+    The objective always uses the full ontology's edges, whatever `config.levels`.
+    """
+    device = resolve_device(config.device)
+    embedder = initial_embedder(ontology, config)
     objective = RankingObjective(ontology, config, device)
     optimizer = torch.optim.Adam(embedder.parameters(), lr=config.lr)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -235,16 +247,17 @@ def embed(
     seed: int | None = None,
     device: str | None = None,
     model: str | None = None,
-    from_run: str | Path | None = None,
+    from_run: Run | str | Path | None = None,
     evaluate: bool = True,
     callback: Callback | None = None,
     config: EmbedConfig | None = None,
 ) -> EmbedResult:
     """Embeddings of every code and category node of an ontology, and their reconstruction figures.
 
-    Without `from_run`: learned from the structure alone (see `train_structure`; settings given
-    here override `config`). With `from_run`: the final embeddings of a trained run's observable
-    codes and of their category nodes, no retraining (`source` must be the run's ontology).
+    Without `from_run`: learned from the structure alone in `epochs` steps, at least 1 (see
+    `train_structure`; settings given here override `config`). With `from_run` (a loaded run,
+    `hapnet.load`, or its folder): the final embeddings of a trained run's observable codes and
+    of their category nodes, no retraining (`source` must be the run's ontology).
     `evaluate=False` skips the reconstruction (its cost is one pass over all pairs of nodes).
     """
     start = time.perf_counter()
@@ -261,7 +274,7 @@ def embed(
         given = [f"--{k}" for k in ("dim", "levels", "epochs", "seed", "model") if overrides[k] is not None]
         if given:
             raise HapnetError(f"{', '.join(given)}: not used with --from-run (the run's own settings apply)")
-        ontology, nodes, vectors, settings = _from_run(Path(from_run), ontology, device or "cpu")
+        ontology, nodes, vectors, settings = _from_run(from_run, ontology, device or "cpu")
         history: list[float] = []
         embedder = None
     else:
@@ -290,13 +303,14 @@ def embed(
 
 
 def _from_run(
-    run_dir: Path, ontology: Ontology, device: str
+    run: Run | str | Path, ontology: Ontology, device: str
 ) -> tuple[Ontology, np.ndarray, torch.Tensor, dict[str, Any]]:
-    """(ontology the run used, exported nodes, their final embeddings, settings) of a run folder."""
-    run = load(run_dir, device=str(resolve_device(device)))
+    """(ontology the run used, exported nodes, their final embeddings, settings) of a run or its
+    folder (loaded on `device`; a loaded run stays where it is)."""
+    run = as_run(run, device=str(resolve_device(device)))
     if run.ontology.ids != ontology.ids:
         raise HapnetError(
-            f"{run_dir}: trained on ontology {run.config.ontology!r}, not on "
+            f"{run.path}: trained on ontology {run.config.ontology!r}, not on "
             f"{ontology.source or ontology.name!r} (pass the run's ontology)"
         )
     used = run.ontology.truncate(run.config.levels)
@@ -314,7 +328,7 @@ def _from_run(
         )
     settings = {
         "source": str(run.config.ontology),
-        "from_run": str(run_dir),
+        "from_run": str(run.path),
         "model": run.config.model,
         "dim": run.config.dim,
         "levels": run.config.levels,

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from hapnet.errors import HapnetError
+from hapnet.inspect.predict import check_k
 from hapnet.ontology.graph import Ontology
 from hapnet.training.naming import run_label
 from hapnet.training.runs import Run, as_run
@@ -65,8 +66,9 @@ class Explanation:
             if r in grouped.index
         }
 
-    def as_dict(self, top: int | None = None) -> dict[str, Any]:
-        rows = self.nodes if top is None else self.nodes.head(top)
+    def as_dict(self, k: int | None = None) -> dict[str, Any]:
+        """JSON-ready figures, with the `k` nodes of largest weight (default: every node)."""
+        rows = self.nodes if k is None else self.nodes.head(check_k(k))
         return {
             "run": str(self.run),
             "model": self.model,

@@ -3,7 +3,7 @@ embeddings, and the bar chart of an explanation. matplotlib with the Agg backend
 every file is written atomically, as PNG and SVG.
 
 They read the run folder's files only (history.csv, metrics.json, vocab.csv, code_embeddings.npy
-and the ontology named in config.json): no model is built, so plotting works without torch work.
+and its own ontology.npz): no model is built.
 """
 
 from __future__ import annotations
@@ -24,12 +24,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hapnet.errors import HapnetError  # noqa: E402
+from hapnet.embeddings.formats import read_matrix  # noqa: E402
+from hapnet.errors import HapnetError, InputError, error_summary  # noqa: E402
 from hapnet.inspect.explain import Explanation  # noqa: E402
-from hapnet.ontology.builtins import DEFAULT_ONTOLOGY, load_ontology  # noqa: E402
 from hapnet.ontology.graph import Ontology  # noqa: E402
 from hapnet.training.naming import group_names, run_label  # noqa: E402
-from hapnet.training.runs import CONFIG, EMBEDDINGS, HISTORY, METRICS, VOCAB, is_run_dir  # noqa: E402
+from hapnet.training.runs import (  # noqa: E402
+    CONFIG,
+    EMBEDDINGS,
+    HISTORY,
+    METRICS,
+    VOCAB,
+    Run,
+    is_run_dir,
+    read_metrics,
+    run_ontology,
+)
+from hapnet.utils.paths import check_output_location  # noqa: E402
 from hapnet.utils.textio import atomic_path  # noqa: E402
 
 if TYPE_CHECKING:
@@ -74,26 +85,76 @@ class RunFiles:
         path = self.path / EMBEDDINGS
         if not path.is_file():
             raise HapnetError(f"{path}: missing (the run did not finish?)")
-        values = np.load(path, allow_pickle=False)
-        if values.ndim != 2 or len(values) != len(self.vocab):
+        values = read_matrix(path)
+        if len(values) != len(self.vocab):
             raise HapnetError(
                 f"{path}: shape {values.shape} does not match {len(self.vocab)} codes in vocab.csv"
             )
         return values
 
 
+# The config.json settings the figures read, and their JSON types (absent is fine: defaults).
+CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "ontology": (str,),
+    "pretrain": (str, type(None)),
+    "levels": (int, type(None)),
+    "aux_levels": (list, type(None)),
+    "time_input": (bool, type(None)),
+    "k": (int,),
+    "seed": (int,),
+}
+HISTORY_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_accuracy")  # test_accuracy: optional
+
+
 def read_run_files(run_dir: str | Path) -> RunFiles:
+    """A run folder's files, each checked for what the figures read: a damaged file is refused
+    in one line naming it, before anything is drawn."""
     path = Path(run_dir)
     if not is_run_dir(path):
         raise HapnetError(f"{path}: not a hapnet run folder (expected {CONFIG}, {VOCAB} and checkpoint.pt)")
-    try:
-        config = json.loads((path / CONFIG).read_text())
-        metrics = json.loads((path / METRICS).read_text()) if (path / METRICS).is_file() else {}
-        history = pd.read_csv(path / HISTORY) if (path / HISTORY).is_file() else pd.DataFrame()
-        vocab = pd.read_csv(path / VOCAB, dtype={"code": str}, keep_default_na=False)
-    except (OSError, ValueError) as exc:
-        raise HapnetError(f"{path}: unreadable run folder ({exc})") from None
+    config = _read_config(path / CONFIG)
+    metrics = read_metrics(path / METRICS) if (path / METRICS).is_file() else {}
+    history = pd.DataFrame()
+    if (path / HISTORY).is_file():
+        history = _read_csv(path / HISTORY, "history", HISTORY_COLUMNS)
+        numeric = [*HISTORY_COLUMNS, *(["test_accuracy"] if "test_accuracy" in history else [])]
+        text = [c for c in numeric if not pd.api.types.is_numeric_dtype(history[c])]
+        if text:
+            raise InputError(path / HISTORY, f"not a hapnet history file (column {text[0]} is not numbers)")
+    vocab = _read_csv(path / VOCAB, "vocabulary", ("code",), dtype={"code": str}, keep_default_na=False)
     return RunFiles(path, config, metrics, history, vocab)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    def bad(reason: str) -> InputError:
+        return InputError(path, f"not a hapnet run configuration ({reason})")
+
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # invalid JSON or text
+        raise bad(error_summary(exc)) from None
+    if not isinstance(config, dict):
+        raise bad(f"a JSON {type(config).__name__}, expected an object")
+    for key, types in CONFIG_TYPES.items():
+        value = config.get(key)
+        if key in config and (
+            not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        ):
+            raise bad(f"`{key}` is {value!r}")
+    return config
+
+
+def _read_csv(path: Path, what: str, columns: Sequence[str], **options: Any) -> pd.DataFrame:
+    """A run's CSV file with (at least) `columns`; anything else is refused naming the file."""
+    try:
+        frame = pd.read_csv(path, **options)
+    except ValueError as exc:  # pandas' parser errors, an empty file, undecodable text
+        raise InputError(path, f"not a hapnet {what} file ({error_summary(exc)})") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InputError(path, f"not a hapnet {what} file (no column {', '.join(missing)})")
+    return frame
 
 
 # ----------------------------------------------------------------------------- writing
@@ -112,14 +173,11 @@ def save_figure(figure: Figure, stem: Path, *, force: bool = False) -> list[Path
 
 
 def _check_free(stems: Sequence[Path], force: bool) -> None:
-    """Refuse before drawing anything, so that no half of a set of figures is replaced."""
-    if force:
-        return
+    """Refuse before drawing anything, so that no half of a set of figures is replaced, and no
+    figure is drawn that cannot be written (`check_output_location`)."""
     for stem in stems:
         for fmt in FIGURE_FORMATS:
-            target = stem.with_name(f"{stem.name}.{fmt}")
-            if target.exists():
-                raise HapnetError(f"{target}: already exists (use --force to overwrite)")
+            check_output_location(stem.with_name(f"{stem.name}.{fmt}"), force=force)
 
 
 # ----------------------------------------------------------------------------- learning curves
@@ -305,9 +363,9 @@ def embedding_map_figure(run: RunFiles, ontology: Ontology, method: str = "auto"
 
 
 # ----------------------------------------------------------------------------- explanation
-def explanation_figure(explanation: Explanation, top: int = 15) -> Figure:
-    """Horizontal bars: the largest weights of the explained code's embedding, by relation."""
-    rows = explanation.nodes.head(top).iloc[::-1]
+def explanation_figure(explanation: Explanation, k: int = 15) -> Figure:
+    """Horizontal bars: the k largest weights of the explained code's embedding, by relation."""
+    rows = explanation.nodes.head(k).iloc[::-1]
     labels = [
         f"{c}  {short(d, 45)}" if d else c for c, d in zip(rows["code"], rows["description"], strict=True)
     ]
@@ -343,15 +401,14 @@ def explanation_figure(explanation: Explanation, top: int = 15) -> Figure:
     return figure
 
 
-def plot_explanation(
-    explanation: Explanation, path: str | Path, top: int = 15, *, force: bool = False
-) -> Path:
+def plot_explanation(explanation: Explanation, path: str | Path, k: int = 15, *, force: bool = False) -> Path:
     """Write the explanation's bar chart to `path` (format from its suffix: .png, .svg, .pdf)."""
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
     if fmt not in ("png", "svg", "pdf"):
         raise HapnetError(f"{path}: use a .png, .svg or .pdf file name")
-    figure = explanation_figure(explanation, top)
+    check_output_location(path, force=force)
+    figure = explanation_figure(explanation, k)
     try:
         with atomic_path(path, overwrite=force) as tmp:
             figure.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight")
@@ -362,7 +419,7 @@ def plot_explanation(
 
 # ----------------------------------------------------------------------------- all of a run
 def plot_runs(
-    run_dirs: Sequence[str | Path],
+    run_dirs: Sequence[Run | str | Path],
     out: str | Path | None = None,
     *,
     map_method: str = "auto",
@@ -375,13 +432,13 @@ def plot_runs(
     """
     if not run_dirs:
         raise HapnetError("no run folder given")
-    runs = [read_run_files(d) for d in run_dirs]
+    runs = [read_run_files(d.path if isinstance(d, Run) else d) for d in run_dirs]
     main = runs[0]
     folder = Path(out) if out is not None else main.path / "plots"
     stems = [folder / "learning_curves", folder / "accuracy_by_group", folder / "embedding_map"]
     _check_free(stems, force)
     figures = [learning_curves_figure(main), group_accuracy_figure(runs)]
-    ontology = load_ontology(main.config.get("ontology", DEFAULT_ONTOLOGY))
+    ontology = run_ontology(main.path, main.config)  # the one it trained on, not today's file
     figures.append(embedding_map_figure(main, ontology, map_method))
     written: list[Path] = []
     for figure, stem in zip(figures, stems, strict=True):

@@ -45,7 +45,8 @@ class ResolvedCode:
 
 @dataclass
 class PredictionResult:
-    """What `predict_next_visit` returns; `top` is the table `hapnet predict` prints."""
+    """What `predict_next_visit` returns; `top` is the table of the k most probable codes that
+    `hapnet predict` prints."""
 
     run: Path
     model: str
@@ -72,6 +73,13 @@ class PredictionResult:
                 for r in self.skipped()
             ],
         }
+
+
+def check_k(k: int) -> int:
+    """`k`, the number of results to list, or a one-line error when it is below 1."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise HapnetError(f"--k must be at least 1, got {k!r}")
+    return int(k)
 
 
 def parse_history(text: str) -> list[list[str]]:
@@ -135,9 +143,9 @@ def next_visit_probabilities(run: Run, visits: Sequence[np.ndarray]) -> np.ndarr
     return torch.softmax(logits.double(), dim=0).cpu().numpy()
 
 
-def rank_codes(run: Run, probabilities: np.ndarray, top: int) -> pd.DataFrame:
-    """The `top` most probable codes, descending (ties: lower class first), with vocab.csv facts."""
-    order = np.argsort(-probabilities, kind="stable")[: max(0, top)]
+def rank_codes(run: Run, probabilities: np.ndarray, k: int) -> pd.DataFrame:
+    """The `k` most probable codes, descending (ties: lower class first), with vocab.csv facts."""
+    order = np.argsort(-probabilities, kind="stable")[: max(0, k)]
     vocab = run.vocab
     return pd.DataFrame(
         {
@@ -152,16 +160,18 @@ def rank_codes(run: Run, probabilities: np.ndarray, top: int) -> pd.DataFrame:
 
 
 def predict_next_visit(
-    run: Run | str | Path, history: Sequence[Sequence[str]], top: int = 20
+    run: Run | str | Path, history: Sequence[Sequence[str]], k: int | None = None
 ) -> PredictionResult:
     """The codes expected at the next visit after `history` (visits oldest first, raw codes).
 
-    `run`: a loaded run (`hapnet.load`) or its folder. `.top` is the table of the `top` most
-    probable codes, `.probabilities` the scores of every code of the run's vocabulary.
+    `run`: a loaded run (`hapnet.load`) or its folder. `.top` is the table of the `k` most
+    probable codes (default: the run's k of accuracy@k), `.probabilities` the scores of every
+    code of the run's vocabulary.
     """
+    if k is not None:
+        check_k(k)
     run = as_run(run)
-    if top < 1:
-        raise HapnetError(f"--top must be at least 1, got {top}")
+    k = run.config.k if k is None else int(k)
     if len(history) == 0:
         raise HapnetError("empty history: give at least one visit with one code")
     visits, resolved = resolve_history(run, history)
@@ -174,7 +184,7 @@ def predict_next_visit(
     return PredictionResult(
         run=run.path,
         model=run.config.model,
-        top=rank_codes(run, probabilities, top),
+        top=rank_codes(run, probabilities, k),
         probabilities=probabilities,
         resolved=resolved,
         visits_used=len(visits),

@@ -19,7 +19,7 @@ from hapnet.ontology.codes import normalize_code
 from hapnet.ontology.formats import parse_ccs_multilevel, parse_ontology_text, parse_parent_csv
 from hapnet.ontology.graph import Ontology
 from hapnet.utils.cache import cache_dir
-from hapnet.utils.textio import atomic_path, decode_text, read_bytes
+from hapnet.utils.textio import atomic_path, decode_text, entry_exists, read_bytes
 
 CACHE_FORMAT = 2  # bump when the cached layout or a loader's output changes
 
@@ -264,11 +264,11 @@ def load_ontology(source: str | Path = DEFAULT_ONTOLOGY, *, levels: int | None =
         ontology = _cached(f"{builtin.name}-{builtin.cache_key()}", builtin.build)
     else:
         path = Path(text_source)
-        if not path.exists():
+        if not entry_exists(path):  # else read_bytes says what is wrong (a folder, a link loop, ...)
             names = ", ".join(BUILTINS)
             raise InputError(path, f"no such file, and not a built-in ontology ({names})")
         raw = read_bytes(path)
-        text = decode_text(raw, path)  # every time, cached or not: checks the data, warns on latin-1
+        text = decode_text(raw, path)  # every time, cached or not: checks the data, warns on 8-bit or UTF-16
         name = path.name.split(".")[0]
 
         def build() -> Ontology:

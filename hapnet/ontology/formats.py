@@ -103,7 +103,8 @@ def parse_parent_csv(text: str, source: str, name: str = "ontology") -> Ontology
     columns = [h.strip().lower() for h in header]
     code_col, parent_col = _column(columns, _CODE_COLUMNS), _column(columns, _PARENT_COLUMNS)
     if code_col is None or parent_col is None:
-        shown = ",".join(h.strip() for h in header[:6])[:120]
+        # one line, though a quoted cell may hold line breaks
+        shown = ",".join(" ".join(h.split()) for h in header[:6])[:120]
         raise InputError(
             source,
             f"wrong columns '{shown}': expected a header code,parent[,description] "

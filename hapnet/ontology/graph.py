@@ -7,6 +7,7 @@ each of its children (what level-by-level propagation needs; see docs/algorithms
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -115,6 +116,16 @@ class Ontology:
     # ----------------------------------------------------------------- basic facts
     def __len__(self) -> int:
         return len(self.ids)
+
+    def fingerprint(self) -> str:
+        """sha256 of the nodes in index order (ids, levels) and the edges: two ontologies with the
+        same fingerprint give every code the same node index, so a model's weights mean the same."""
+        digest = hashlib.sha256()
+        ids = "\n".join(self.ids).encode()
+        for part in (ids, self.levels, self.edge_parent, self.edge_child):
+            raw = part if isinstance(part, bytes) else np.ascontiguousarray(part, dtype=np.int64).tobytes()
+            digest.update(len(raw).to_bytes(8, "little") + raw)  # lengths keep the parts apart
+        return digest.hexdigest()
 
     def __contains__(self, node_id: str) -> bool:
         return node_id in self._index

@@ -17,16 +17,17 @@ import torch
 
 from hapnet.data.batches import BatchBuilder
 from hapnet.data.loaders import visits_from_frame
-from hapnet.data.synth import DEFAULT_PATIENTS, generate
+from hapnet.data.synth import generate
 from hapnet.data.vocabulary import Vocabulary
 from hapnet.errors import HapnetError
 from hapnet.models.embedder import EmbedderConfig
 from hapnet.models.predictor import NextVisitModel
 from hapnet.models.registry import get_model
-from hapnet.ontology.builtins import DEFAULT_ONTOLOGY, load_ontology
+from hapnet.ontology.builtins import load_ontology
 from hapnet.ontology.hierarchy import Hierarchy
 from hapnet.perf.flops import BACKWARD_FACTOR, matmul_gflops, propagation_flops, training_step_flops
 from hapnet.perf.naive import NaiveNextVisitModel, naive_training_step
+from hapnet.perf.settings import BENCH_DEFAULTS
 from hapnet.perf.timing import CLOCKS, time_interleaved
 from hapnet.training.config import PRESETS, make_config
 from hapnet.training.optim import make_optimizer
@@ -47,21 +48,21 @@ def _models(model: str) -> list[str]:
 
 
 def bench(
-    ontology: str = DEFAULT_ONTOLOGY,
-    model: str = "both",
+    ontology: str = BENCH_DEFAULTS["ontology"],
+    model: str = BENCH_DEFAULTS["model"],
     dim: int = PAPER["dim"],
     attention_dim: int = PAPER["attention_dim"],
     hidden: int = PAPER["hidden"],
     batch_size: int = PAPER["batch_size"],
-    device: str = "auto",
-    repeats: int = 5,
-    warmup: int = 1,
-    patients: int = DEFAULT_PATIENTS,
-    naive: bool = True,
-    seed: int = 0,
+    device: str = BENCH_DEFAULTS["device"],
+    repeats: int = BENCH_DEFAULTS["repeats"],
+    warmup: int = BENCH_DEFAULTS["warmup"],
+    patients: int = BENCH_DEFAULTS["patients"],
+    naive: bool = BENCH_DEFAULTS["naive"],
+    seed: int = BENCH_DEFAULTS["seed"],
     threads: int | None = None,
-    matmul_size: int = 2048,
-    clock: str = "wall",
+    matmul_size: int = BENCH_DEFAULTS["matmul_size"],
+    clock: str = BENCH_DEFAULTS["clock"],
 ) -> dict[str, Any]:
     """Time propagation (forward + backward) and one training step (Adadelta, the paper's loss) of
     each model on a batch of synthetic patients, ours and (with `naive`) the naive reference.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,8 @@ class TrainConfig:
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (min(self.dim, self.hidden, self.attention_dim) >= 1, "sizes must be at least 1"),
             (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
-            (self.lr > 0, "--lr must be positive"),
+            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}"),
+            (isinstance(self.seed, int) and self.seed >= 0, f"--seed must be 0 or more, got {self.seed}"),
             (self.k >= 1, "--k must be at least 1"),
             (self.levels is None or self.levels >= 1, "--levels must be at least 1"),
         ]

@@ -5,6 +5,7 @@ test split or on other data)."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from hapnet.models.losses import next_visit_loss
 from hapnet.models.predictor import DIAGNOSIS, NextVisitModel
 from hapnet.training.config import TrainConfig
 from hapnet.training.metrics import AccuracyAtK
-from hapnet.training.runs import load
-from hapnet.training.setup import batch_builder, load_training_data
+from hapnet.training.runs import SPLIT, Run, data_fingerprint, load
+from hapnet.training.setup import batch_builder, training_data_path
 from hapnet.utils.arrays import range_owners
 from hapnet.utils.device import resolve_device
 
@@ -104,36 +105,45 @@ def restrict_to_codes(data: VisitData, code_to_class: np.ndarray) -> tuple[Visit
 
 
 def evaluate(
-    run_dir: str | Path, data: str | Path | None = None, k: int | None = None, device: str = "auto"
+    run: Run | str | Path, data: str | Path | None = None, k: int | None = None, device: str = "auto"
 ) -> dict[str, Any]:
-    """Accuracy@k (overall, by frequency group) and loss of a saved run.
+    """Accuracy@k (overall, by frequency group) and loss of a saved run (`Run` or its folder).
 
-    Without `data`: the run's own test split (same data, same seed). With `data`: every patient
-    of that data set, restricted to the codes the run can predict (the rest are counted).
+    Without `data`: the run's own test split (the patients of its split.csv), on the data it
+    trained on; refused if that data changed since (its fingerprint differs). With `data`: every
+    patient of that data set, restricted to the codes the run can predict (the rest are counted).
     """
     if k is not None and k < 1:
         raise HapnetError(f"--k must be at least 1, got {k}")
-    torch_device = resolve_device(device)
-    run = load(run_dir, device=str(torch_device))
+    if isinstance(run, Run):
+        torch_device = next(run.model.parameters()).device
+    else:
+        torch_device = resolve_device(device)
+        run = load(run, device=str(torch_device))
     config = dataclasses.replace(run.config, k=run.config.k if k is None else k)
     vocab = run.vocabulary()
     groups = run.vocab["group"].to_numpy()
     dropped = 0
     if data is None:
-        _, visits = load_training_data(config)
-        patients = split_patients(len(visits.patient_ids), config.seed).test
+        visits, patients = _test_split(run)
         scope = "test split of the training data"
     else:
         visits = load_visits(data, run.ontology, columns=config.columns, unknown=config.unknown)
+        if run.data_fingerprint is not None and data_fingerprint(visits) == run.data_fingerprint:
+            warnings.warn(
+                f"{data} is the data run {run.path} trained on: these scores include its training "
+                "and validation patients; leave out --data to score its test split",
+                stacklevel=2,
+            )
         visits, dropped = restrict_to_codes(visits, vocab.code_to_class)
         patients = np.arange(len(visits.patient_ids))
-        scope = f"all patients of {data}"
+        scope = f"all {len(patients):,} patients of {data} (not the run's test split)"
     if len(patients) == 0:
-        raise HapnetError(f"{data or run_dir}: no patient with 2+ visits of codes this run knows")
+        raise HapnetError(f"{data or run.path}: no patient with 2+ visits of codes this run knows")
     builder = batch_builder(config, visits, vocab)
     result = evaluate_patients(run.model, builder, patients, groups, config, torch_device)
     return {
-        "run": str(run_dir),
+        "run": str(run.path),
         "model": config.model,
         "k": config.k,
         "scope": scope,
@@ -142,3 +152,29 @@ def evaluate(
         "data": [list(row) for row in visits.report.as_rows()],
         "test": result.as_dict(),
     }
+
+
+def _test_split(run: Run) -> tuple[VisitData, np.ndarray]:
+    """The data a run trained on, read with the run's own ontology, and its test patients.
+
+    Only the data the run saw has its test split: if the data changed (patients or codes added,
+    edited or removed), re-splitting it would score other patients, silently.
+    """
+    path = training_data_path(run.config)
+    visits = load_visits(path, run.ontology, columns=run.config.columns, unknown=run.config.unknown)
+    now = data_fingerprint(visits)
+    if run.data_fingerprint is not None and now != run.data_fingerprint:
+        raise HapnetError(
+            f"{path}: the data changed since run {run.path} trained on it (fingerprint "
+            f"{run.data_fingerprint[:12]}, now {now[:12]}), so its test split no longer exists; "
+            f"to score the run on the data as it is now, give it explicitly: --data {path} "
+            "(every patient of it is scored)"
+        )
+    ids = run.split_ids()
+    if ids is None:  # a run from before split.csv: its split is the seed's, on unchanged data
+        return visits, split_patients(len(visits.patient_ids), run.config.seed).test
+    position = {str(p): i for i, p in enumerate(visits.patient_ids)}
+    missing = [p for p in ids["test"] if p not in position]
+    if missing:
+        raise HapnetError(f"{run.path / SPLIT}: test patient {missing[0]} is not in {path}")
+    return visits, np.sort(np.array([position[p] for p in ids["test"]], dtype=np.int64))

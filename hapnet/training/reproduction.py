@@ -17,6 +17,7 @@ from hapnet.ontology.builtins import DEFAULT_ONTOLOGY
 from hapnet.training.config import make_config
 from hapnet.training.runs import METRICS, is_run_dir, write_json
 from hapnet.training.seeds import check_sweep_settings, markdown_table, train_seeds
+from hapnet.utils.paths import check_output_location
 from hapnet.utils.textio import atomic_path
 
 SETTINGS_FILE = "reproduce-settings.json"
@@ -110,7 +111,7 @@ def reproduce(
     data_path = Path(data)
     if not data_path.exists():
         raise HapnetError(f"{data_path}: no such file or folder")
-    out = Path(out)
+    out = check_output_location(out, force=True, kind="folder")  # an existing folder is checked below
     settings = {
         "data": str(data_path.resolve()),
         "ontology": ontology,

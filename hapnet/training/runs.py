@@ -2,7 +2,13 @@
 
 Layout: config.json (every setting + versions), metrics.json, history.csv (one row per epoch),
 vocab.csv (the observable codes: class, code, description, level, train_count, group),
-checkpoint.pt (best model state_dict, tensors only), code_embeddings.npy (final g of every class).
+checkpoint.pt (best model state_dict, tensors only), code_embeddings.npy (final g of every class),
+ontology.npz (the ontology the run trained on, compiled: node order, ids, edges, levels) and
+split.csv (patient_id, split: which patients trained, selected the epoch and tested it).
+
+A run folder is self-contained: `load`, `evaluate`, `predict`, `explain`, `plot` and
+`embed --from-run` read its own ontology and split, never the files it was trained from, which
+may have changed since. config.json records the fingerprints of both the data and the ontology.
 
 While a run trains, its `.NAME.partial` folder also holds resume.pt, rewritten atomically after every
 epoch: everything `hapnet train --resume` needs to continue exactly where the run stopped (see
@@ -26,14 +32,17 @@ import pandas as pd
 import torch
 
 from hapnet import __version__
+from hapnet.data.splits import Split
 from hapnet.data.visits import VisitData
 from hapnet.data.vocabulary import Vocabulary
-from hapnet.errors import HapnetError
+from hapnet.errors import HapnetError, InputError, error_summary
 from hapnet.models.predictor import NextVisitModel
-from hapnet.ontology.builtins import load_ontology
+from hapnet.ontology.builtins import DEFAULT_ONTOLOGY, load_ontology, read_cached_ontology, save_ontology
 from hapnet.ontology.graph import Ontology
 from hapnet.training.config import TrainConfig
+from hapnet.training.metrics import NUM_GROUPS
 from hapnet.training.setup import build_model
+from hapnet.utils.paths import check_output_location
 from hapnet.utils.textio import atomic_path
 
 CONFIG, METRICS, HISTORY, VOCAB, CHECKPOINT, EMBEDDINGS = (
@@ -44,8 +53,11 @@ CONFIG, METRICS, HISTORY, VOCAB, CHECKPOINT, EMBEDDINGS = (
     "checkpoint.pt",
     "code_embeddings.npy",
 )
+ONTOLOGY, SPLIT = "ontology.npz", "split.csv"
 RESUME = "resume.pt"
 DATA_FINGERPRINT = "data_fingerprint"  # key in config.json and metrics.json
+ONTOLOGY_FINGERPRINT = "ontology_fingerprint"  # key in config.json
+SPLIT_NAMES = ("train", "valid", "test")
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -90,14 +102,16 @@ def _json_default(value: Any) -> Any:
 class RunWriter:
     """Writes a run into `.NAME.partial` beside the target, renamed to NAME by `finish()`."""
 
-    def __init__(self, target: Path, work: Path, force: bool):
+    def __init__(self, target: Path, work: Path, force: bool, created: Path | None = None):
         self.target, self.work, self.force = target, work, force
+        self.created = created  # the outermost folder start() created for the run (removed on failure)
 
     @classmethod
     def start(cls, out: str | Path, config: TrainConfig, *, force: bool = False) -> RunWriter:
         target = Path(out)
         if target.exists() and not force:
             raise HapnetError(f"{target}: already exists (use --force to overwrite it)")
+        check_output_location(target, force=force, kind="folder")  # before any data is read
         work = partial_path(target)
         if (work / RESUME).is_file() and not force:
             raise HapnetError(
@@ -106,9 +120,10 @@ class RunWriter:
             )
         if work.exists():  # a run killed before its first checkpoint: nothing to keep
             shutil.rmtree(work)
+        missing = [folder for folder in target.absolute().parents if not folder.exists()]
         work.mkdir(parents=True)
         write_json(work / CONFIG, {**config.to_dict(), "versions": versions()})
-        return cls(target, work, force)
+        return cls(target, work, force, missing[-1] if missing else None)
 
     def save_vocabulary(self, ontology: Ontology, vocab: Any, counts: np.ndarray, groups: np.ndarray) -> None:
         frame = pd.DataFrame(
@@ -169,6 +184,21 @@ class RunWriter:
         path = self.work / CONFIG
         write_json(path, {**json.loads(path.read_text()), DATA_FINGERPRINT: fingerprint})
 
+    def save_inputs(self, ontology: Ontology, patient_ids: np.ndarray, split: Split) -> None:
+        """The ontology and the split this run trains on, so that the folder never depends on
+        files that may change (see the module docstring)."""
+        save_ontology(ontology, self.work / ONTOLOGY)
+        path = self.work / CONFIG
+        write_json(path, {**json.loads(path.read_text()), ONTOLOGY_FINGERPRINT: ontology.fingerprint()})
+        parts = [(name, getattr(split, name)) for name in SPLIT_NAMES]
+        frame = pd.DataFrame(
+            {
+                "patient_id": np.concatenate([patient_ids[rows] for _, rows in parts]),
+                "split": np.repeat([name for name, _ in parts], [len(rows) for _, rows in parts]),
+            }
+        )
+        frame.to_csv(self.work / SPLIT, index=False)
+
     def check_data_fingerprint(self, fingerprint: str) -> None:
         """A resumed run must see the data it started with: same split, vocabulary and batches."""
         saved = json.loads((self.work / CONFIG).read_text()).get(DATA_FINGERPRINT)
@@ -188,8 +218,8 @@ class RunWriter:
         path = self.work / RESUME
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing error
-            raise HapnetError(f"{path}: cannot load the resume checkpoint ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - a pickle, garbage or a truncated file: never run it
+            raise HapnetError(f"{path}: not a hapnet resume checkpoint ({error_summary(exc)})") from None
 
     def has_resume_state(self) -> bool:
         return (self.work / RESUME).is_file()
@@ -203,7 +233,18 @@ class RunWriter:
         return self.target
 
     def abandon(self) -> None:
+        """Remove what this run wrote: its partial folder, and the folders created for it if
+        nothing else has been put in them since."""
         shutil.rmtree(self.work, ignore_errors=True)
+        if self.created is None:
+            return
+        for folder in [self.work.absolute().parent, *self.work.absolute().parent.parents]:
+            if not folder.is_relative_to(self.created):
+                break
+            try:
+                folder.rmdir()  # only an empty folder
+            except OSError:
+                break
 
 
 def partial_path(target: Path) -> Path:
@@ -243,8 +284,9 @@ class Run:
     config: TrainConfig
     metrics: dict[str, Any]
     vocab: pd.DataFrame
-    ontology: Ontology
+    ontology: Ontology  # the one it trained on (ontology.npz), untruncated
     model: NextVisitModel
+    data_fingerprint: str | None = None  # of the data it trained on (None: a run from before hapnet 0.2)
 
     @property
     def codes(self) -> list[str]:
@@ -254,32 +296,146 @@ class Run:
         nodes = np.array([self.ontology.index(c) for c in self.codes], dtype=np.int64)
         return Vocabulary.from_nodes(nodes, len(self.ontology))
 
+    def split_ids(self) -> dict[str, list[str]] | None:
+        """The patient ids of each split (train, valid, test) as saved; None for a run from before
+        split.csv existed."""
+        path = self.path / SPLIT
+        if not path.is_file():
+            return None
+        try:
+            frame = pd.read_csv(path, dtype={"patient_id": str}, keep_default_na=False)
+            return {name: frame.loc[frame["split"] == name, "patient_id"].tolist() for name in SPLIT_NAMES}
+        except (OSError, ValueError, KeyError) as exc:
+            raise HapnetError(f"{path}: not a hapnet split file ({exc})") from None
+
 
 def is_run_dir(path: str | Path) -> bool:
     path = Path(path)
     return (path / CONFIG).is_file() and (path / CHECKPOINT).is_file() and (path / VOCAB).is_file()
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise HapnetError(f"{path}: unreadable ({error_summary(exc)})") from None
+    if not isinstance(value, dict):
+        raise HapnetError(f"{path}: not a hapnet run file (a JSON object expected)")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _metrics_problem(metrics: Any) -> str | None:
+    """What a finished run's metrics lack of what the sweep summary and the figures read."""
+    if not isinstance(metrics, dict):
+        return f"a JSON {type(metrics).__name__}, expected an object"
+    test = metrics.get("test")
+    if not isinstance(test, dict):
+        return "no `test` results"
+    for key in ("k", "seed", "best_epoch"):
+        value = metrics.get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"`{key}` is not a whole number"
+    groups = test.get("accuracy_by_group")
+    if not isinstance(groups, list) or len(groups) != NUM_GROUPS or not all(map(_is_number, groups)):
+        return f"`test.accuracy_by_group` is not {NUM_GROUPS} numbers"
+    if not _is_number(test.get("accuracy")):
+        return "`test.accuracy` is not a number"
+    tasks = test.get("tasks", {})
+    if not isinstance(tasks, dict) or not all(
+        isinstance(scores, dict) and all(map(_is_number, scores.values())) for scores in tasks.values()
+    ):
+        return "`test.tasks` is not a score table per task"
+    return None
+
+
+def check_metrics(path: str | Path, metrics: Any) -> dict[str, Any]:
+    """`metrics` as read from a finished run's `path` (metrics.json); `InputError` unless it holds
+    what a sweep summary and the figures read (k, best epoch, test accuracy overall and by group)."""
+    problem = _metrics_problem(metrics)
+    if problem is not None:
+        raise InputError(path, f"not a hapnet metrics file ({problem})")
+    return metrics
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """A finished run's metrics.json, read and checked (`check_metrics`)."""
+    try:
+        metrics = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as exc:  # invalid JSON or text
+        raise InputError(path, f"not a hapnet metrics file ({error_summary(exc)})") from None
+    return check_metrics(path, metrics)
+
+
+def run_ontology(path: Path, saved: dict[str, Any]) -> Ontology:
+    """The ontology the run in folder `path` trained on: its ontology.npz, else (a run from before
+    hapnet 0.2) the one its config.json (`saved`) names, checked against the fingerprint it holds."""
+    stored = path / ONTOLOGY
+    if stored.is_file():
+        try:
+            ontology = read_cached_ontology(stored)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same one-line error
+            raise HapnetError(f"{stored}: not a hapnet ontology file ({error_summary(exc)})") from None
+        where = stored
+    else:
+        where = str(saved.get("ontology", DEFAULT_ONTOLOGY))
+        ontology = load_ontology(where)
+    expected = saved.get(ONTOLOGY_FINGERPRINT)
+    if expected is not None and ontology.fingerprint() != expected:
+        raise HapnetError(
+            f"{where}: the ontology differs from the one run {path} trained on "
+            f"(fingerprint {ontology.fingerprint()[:12]}, the run's {expected[:12]})"
+        )
+    return ontology
+
+
+def _check_vocabulary(path: Path, vocab: pd.DataFrame, ontology: Ontology) -> None:
+    if "code" not in vocab.columns or "group" not in vocab.columns:
+        raise HapnetError(f"{path / VOCAB}: not a hapnet vocabulary (columns code and group expected)")
+    missing = [code for code in vocab["code"] if ontology.find(code) is None]
+    if missing:
+        raise HapnetError(
+            f"{path / VOCAB}: code {missing[0]} (and {len(missing) - 1} more) is not in ontology "
+            f"{ontology.name}: the ontology differs from the one the run trained on"
+        )
+
+
 def load(run_dir: str | Path, device: str = "cpu") -> Run:
-    """Read a run folder written by `hapnet train`; the checkpoint loads with weights_only=True."""
+    """Read a run folder written by `hapnet train`; the checkpoint loads with weights_only=True
+    (a file that is not a hapnet checkpoint is refused, and no code in it ever runs)."""
     path = Path(run_dir)
     if not is_run_dir(path):
         raise HapnetError(f"{path}: not a hapnet run folder (expected {CONFIG}, {VOCAB} and {CHECKPOINT})")
+    saved = _read_json(path / CONFIG)
     try:
-        config = TrainConfig.from_saved(json.loads((path / CONFIG).read_text()))
-        metrics_path = path / METRICS
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        config = TrainConfig.from_saved(saved).validate()
+    except (HapnetError, ValueError, KeyError, TypeError) as exc:
+        raise HapnetError(f"{path / CONFIG}: not a valid run configuration ({error_summary(exc)})") from None
+    metrics = read_metrics(path / METRICS) if (path / METRICS).exists() else {}
+    try:
         vocab_frame = pd.read_csv(path / VOCAB, dtype={"code": str}, keep_default_na=False)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise HapnetError(f"{path}: unreadable run folder ({exc})") from None
-    ontology = load_ontology(config.ontology)
-    run = Run(path, config, metrics, vocab_frame, ontology, None)  # type: ignore[arg-type]
+    except (OSError, ValueError) as exc:
+        raise HapnetError(f"{path / VOCAB}: unreadable ({error_summary(exc)})") from None
+    ontology = run_ontology(path, saved)
+    _check_vocabulary(path, vocab_frame, ontology)
+    run = Run(path, config, metrics, vocab_frame, ontology, None, saved.get(DATA_FINGERPRINT))  # type: ignore[arg-type]
     model = build_model(config, ontology, run.vocabulary())
     try:
         state = torch.load(path / CHECKPOINT, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a pickle, garbage or a truncated file: never run it
+        raise HapnetError(f"{path / CHECKPOINT}: not a hapnet checkpoint ({error_summary(exc)})") from None
+    if not isinstance(state, dict):
+        raise HapnetError(f"{path / CHECKPOINT}: not a hapnet checkpoint (no state dict)")
+    try:
         model.load_state_dict(state)
-    except (RuntimeError, OSError, KeyError) as exc:
-        raise HapnetError(f"{path / CHECKPOINT}: cannot load the checkpoint ({exc})") from None
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise HapnetError(
+            f"{path / CHECKPOINT}: does not match the run's model and ontology "
+            f"({error_summary(exc)}); the run folder's files come from different runs"
+        ) from None
     model.to(device).eval()
     run.model = model
     return run

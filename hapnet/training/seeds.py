@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import operator
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hapnet.errors import HapnetError
+from hapnet.errors import HapnetError, InputError, error_summary
 from hapnet.training.config import TrainConfig, differing_settings
 from hapnet.training.metrics import NUM_GROUPS
 from hapnet.training.naming import GROUP_LABELS, run_label
@@ -21,10 +24,15 @@ from hapnet.training.runs import (
     data_fingerprint,
     is_run_dir,
     partial_path,
+    read_metrics,
     write_json,
 )
 from hapnet.training.setup import load_training_data
 from hapnet.training.trainer import resume, train
+from hapnet.utils.paths import check_output_location
+from hapnet.utils.textio import atomic_path
+
+MAX_SEEDS = 10_000  # a sweep larger than this is a typo (0-10000000 would fill the memory first)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -35,6 +43,8 @@ def parse_seeds(text: str) -> list[int]:
             part = part.strip()
             if "-" in part:
                 low, high = (int(x) for x in part.split("-", 1))
+                if high - low >= MAX_SEEDS:
+                    raise HapnetError(f"--seeds {text!r}: {part} is more than {MAX_SEEDS:,} seeds")
                 seeds.extend(range(low, high + 1))
             elif part:
                 seeds.append(int(part))
@@ -45,6 +55,29 @@ def parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
+def as_seeds(seeds: str | Sequence[int]) -> list[int]:
+    """The seeds of a sweep: a text as `parse_seeds` reads it ("0-4", "0,2,5"), or whole numbers
+    of 0 or more (repeats dropped)."""
+    if isinstance(seeds, str):
+        return parse_seeds(seeds)
+    if not isinstance(seeds, Sequence):
+        raise HapnetError(f"seeds: expected a list of whole numbers or a text like 0-4, got {seeds!r}")
+    values = []
+    for seed in seeds:
+        try:
+            if isinstance(seed, bool):
+                raise TypeError
+            value = operator.index(seed)
+        except TypeError:
+            raise HapnetError(f"seeds: {seed!r} is not a whole number") from None
+        if value < 0:
+            raise HapnetError(f"seeds: {value} is negative; seeds are 0 or more")
+        values.append(value)
+    if not values:
+        raise HapnetError("seeds: no seed given")
+    return list(dict.fromkeys(values))
+
+
 def mean_std(values: list[float]) -> dict[str, float]:
     array = np.asarray(values, dtype=np.float64)
     return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0}
@@ -53,6 +86,11 @@ def mean_std(values: list[float]) -> dict[str, float]:
 def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean ± std (sample std, ddof=1) of test accuracy per frequency group and overall, of the
     best epoch, and of every auxiliary task's scores."""
+    tasks_of = [
+        {name: sorted(scores) for name, scores in m["test"].get("tasks", {}).items()} for m in metrics
+    ]
+    if any(tasks != tasks_of[0] for tasks in tasks_of):
+        raise HapnetError("the runs have different auxiliary tasks: no common table")
     by_group = [mean_std([m["test"]["accuracy_by_group"][g] for m in metrics]) for g in range(NUM_GROUPS)]
     tasks = {
         name: {measure: mean_std([m["test"]["tasks"][name][measure] for m in metrics]) for measure in scores}
@@ -106,12 +144,29 @@ class SeedsResult:
 SWEEP_MANIFEST = "seeds.json"
 
 
-def check_sweep_settings(out: Path, config: TrainConfig) -> None:
-    """Refuse to add runs of `config` to a sweep folder whose runs have other settings."""
+def read_manifest(out: Path) -> dict[str, Any] | None:
+    """OUT/seeds.json (None when absent), refused in one line when it is not a sweep manifest."""
     manifest = out / SWEEP_MANIFEST
     if not manifest.exists():
+        return None
+    try:
+        values = json.loads(manifest.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        values, problem = None, error_summary(exc)
+    else:
+        valid = isinstance(values, dict) and isinstance(values.get("config", {}), dict)
+        problem = None if valid else "no `config` object"
+    if problem is not None:
+        raise InputError(manifest, f"not a hapnet seed sweep manifest ({problem}); use --force to start over")
+    return values
+
+
+def check_sweep_settings(out: Path, config: TrainConfig) -> None:
+    """Refuse to add runs of `config` to a sweep folder whose runs have other settings."""
+    manifest = read_manifest(out)
+    if manifest is None:
         return
-    changed = differing_settings(json.loads(manifest.read_text()).get("config", {}), config)
+    changed = differing_settings(manifest.get("config", {}), config)
     if changed:
         raise HapnetError(
             f"{out}: holds runs with other settings ({', '.join(changed)} differ, see {SWEEP_MANIFEST} "
@@ -119,41 +174,89 @@ def check_sweep_settings(out: Path, config: TrainConfig) -> None:
         )
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what creating `path` creates)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing = folder
+    return missing
+
+
 def train_seeds(
-    config: TrainConfig, seeds: list[int], out: str | Path, *, force: bool = False, callbacks: Any = None
+    config: TrainConfig,
+    seeds: str | Sequence[int],
+    out: str | Path,
+    *,
+    force: bool = False,
+    callbacks: Any = None,
 ) -> SeedsResult:
     """One run per seed under OUT/seed-S, then OUT/summary.json and OUT/summary.md.
 
-    Finished seeds (a complete run folder) are reused, so an interrupted sweep resumes; a sweep
-    started with other settings or on other data is refused (unless `force`).
+    `seeds`: whole numbers, or a text such as "0-4" or "0,2,5". Finished seeds (a complete run
+    folder) are reused, so an interrupted sweep resumes; a sweep started with other settings or on
+    other data is refused (unless `force`). A sweep that fails before any seed finished, with
+    nothing to resume, leaves none of the folders it created.
     """
-    out = Path(out)
+    seeds = as_seeds(seeds)
+    out = check_output_location(out, force=True, kind="folder")  # an existing sweep is resumed
     manifest = out / SWEEP_MANIFEST
     if out.exists() and not force and not manifest.exists():
         raise HapnetError(f"{out}: already exists and is not a seed sweep (use --force to overwrite it)")
     if not force:
         check_sweep_settings(out, config)
+    finished = {} if force else _finished_seeds(config, seeds, out)  # refused before writing
+    created = _first_missing(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(manifest, {"config": config.to_dict(), "seeds": seeds})
-    fingerprint = None  # of the data, computed only if there are finished seeds to reuse
-    all_metrics = []
-    for seed in seeds:
-        run_dir = out / f"seed-{seed}"
-        if is_run_dir(run_dir) and (run_dir / METRICS).exists() and not force:
-            metrics = json.loads((run_dir / METRICS).read_text())
-            if fingerprint is None:
-                fingerprint = data_fingerprint(load_training_data(config)[1])
-            if metrics.get(DATA_FINGERPRINT, fingerprint) != fingerprint:
-                raise HapnetError(f"{run_dir}: trained on other data (use --force to start the sweep over)")
-            all_metrics.append(metrics)
-            continue
-        if (partial_path(run_dir) / RESUME).exists() and not force:
-            result = resume(run_dir, callbacks=callbacks)  # a seed that was interrupted
-        else:
-            seed_config = TrainConfig.from_dict({**config.to_dict(), "seed": seed})
-            result = train(seed_config, out=run_dir, force=force, callbacks=callbacks)
-        all_metrics.append(result.metrics)
+    try:
+        write_json(manifest, {"config": config.to_dict(), "seeds": seeds})
+        all_metrics = [
+            finished[seed] if seed in finished else _run_seed(config, seed, out, force, callbacks)
+            for seed in seeds
+        ]
+    except BaseException:
+        if created is not None and not _has_progress(out, seeds):
+            shutil.rmtree(created, ignore_errors=True)  # only folders this call made
+        raise
     summary = summarize(all_metrics)
     write_json(out / "summary.json", summary)
-    (out / "summary.md").write_text(markdown_table([(run_label(config), summary)]))
+    with atomic_path(out / "summary.md", overwrite=True) as tmp:
+        tmp.write_text(markdown_table([(run_label(config), summary)]))
     return SeedsResult(out, all_metrics, summary)
+
+
+def _finished_seeds(config: TrainConfig, seeds: list[int], out: Path) -> dict[int, dict[str, Any]]:
+    """The metrics of the seeds whose run is complete, checked: damaged, or trained on other data,
+    they are refused (before the sweep writes anything)."""
+    finished = {}
+    fingerprint = None  # of the data, computed only if there are finished seeds to reuse
+    for seed in seeds:
+        run_dir = out / f"seed-{seed}"
+        if not (is_run_dir(run_dir) and (run_dir / METRICS).exists()):
+            continue
+        try:
+            metrics = read_metrics(run_dir / METRICS)
+        except InputError as exc:
+            raise HapnetError(f"{exc}; use --force to train the sweep again") from None
+        if fingerprint is None:
+            fingerprint = data_fingerprint(load_training_data(config)[1])
+        if metrics.get(DATA_FINGERPRINT, fingerprint) != fingerprint:
+            raise HapnetError(f"{run_dir}: trained on other data (use --force to start the sweep over)")
+        finished[seed] = metrics
+    return finished
+
+
+def _run_seed(config: TrainConfig, seed: int, out: Path, force: bool, callbacks: Any) -> dict[str, Any]:
+    """Train one seed's run, or resume it where it was interrupted; its metrics."""
+    run_dir = out / f"seed-{seed}"
+    if (partial_path(run_dir) / RESUME).exists() and not force:
+        return resume(run_dir, callbacks=callbacks).metrics
+    seed_config = TrainConfig.from_dict({**config.to_dict(), "seed": seed})
+    return train(seed_config, out=run_dir, force=force, callbacks=callbacks).metrics
+
+
+def _has_progress(out: Path, seeds: list[int]) -> bool:
+    """A seed of the sweep is finished, or can be resumed: the folder is worth keeping."""
+    runs = [out / f"seed-{seed}" for seed in seeds]
+    return any(is_run_dir(run) or (partial_path(run) / RESUME).is_file() for run in runs)

@@ -5,6 +5,7 @@ initialisation (cached by content)."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,13 +37,19 @@ def load_training_data(config: TrainConfig) -> tuple[Ontology, VisitData]:
             f"--levels {config.levels}: ontology {ontology.name} has levels 0..{ontology.depth}, "
             f"so at most {ontology.depth + 1} (the full hierarchy)"
         )
-    path = config.data or default_data_path(config.ontology, config.synth_patients)
+    path = training_data_path(config)
     data = load_visits(path, ontology, columns=config.columns, unknown=config.unknown)
     if len(data.patient_ids) < 10:
         raise HapnetError(
             f"{path}: only {len(data.patient_ids)} patients with 2+ visits; at least 10 are needed to split"
         )
     return ontology, data
+
+
+def training_data_path(config: TrainConfig) -> str | Path:
+    """The data a run of `config` trains on: `data`, else the built-in synthetic set (generated
+    into the cache on first use)."""
+    return config.data or default_data_path(config.ontology, config.synth_patients)
 
 
 def model_ontology(config: TrainConfig, ontology: Ontology, vocab: Vocabulary) -> Ontology:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,23 +25,13 @@ from hapnet.models.predictor import NextVisitModel
 from hapnet.training.config import TrainConfig, make_config
 from hapnet.training.evaluation import Evaluation, evaluate_patients
 from hapnet.training.metrics import frequency_groups
+from hapnet.training.naming import group_names
 from hapnet.training.optim import make_optimizer
+from hapnet.training.progress import EpochProgress, TrainCallbacks
 from hapnet.training.runs import RunWriter, data_fingerprint, rng_states, set_rng_states
 from hapnet.training.setup import batch_builder, build_model, glove_init, load_training_data
 from hapnet.training.step import TrainingStep
 from hapnet.utils.device import resolve_device
-
-
-class TrainCallbacks:
-    """Hooks for progress display; the library itself prints nothing."""
-
-    def on_data(self, data: VisitData, split: Split, vocab: Vocabulary) -> None: ...
-
-    def on_epoch_start(self, epoch: int, num_batches: int) -> None: ...
-
-    def on_batch(self, epoch: int, batch_index: int, loss: float) -> None: ...
-
-    def on_epoch_end(self, record: dict[str, Any], is_best: bool) -> None: ...
 
 
 @dataclass
@@ -65,26 +56,29 @@ def train(
     out: str | Path | None = None,
     force: bool = False,
     callbacks: TrainCallbacks | None = None,
+    quiet: bool = False,
     resume: str | Path | None = None,
     **settings: Any,
 ) -> TrainResult:
     """Train one model and write its run folder (unless out is None).
 
     `hapnet.train(model="gram", levels=3, epochs=5, out="runs/gram")` or with a TrainConfig.
-    `hapnet.train(resume="runs/gram")` continues an interrupted run (see `resume`).
+    `hapnet.train(resume="runs/gram")` continues an interrupted run (see `resume`). Progress (a
+    line per epoch) goes to stderr unless `quiet=True` or `callbacks` are given. Several seeds:
+    `hapnet.train_seeds`.
     """
     if resume is not None:
         if config is not None or out is not None or settings:
             raise HapnetError("resume: the run continues with its saved settings; give no other settings")
-        return _resume_run(resume, force=force, callbacks=callbacks)
+        return _resume_run(resume, force=force, callbacks=callbacks, quiet=quiet)
     config = config if config is not None else make_config(**settings)
     config.validate()
     writer = RunWriter.start(out, config, force=force) if out is not None else None
-    return _run(config, writer, callbacks or TrainCallbacks(), None)
+    return _run(config, writer, _callbacks(callbacks, quiet), None)
 
 
 def resume(
-    run_dir: str | Path, *, force: bool = False, callbacks: TrainCallbacks | None = None
+    run_dir: str | Path, *, force: bool = False, callbacks: TrainCallbacks | None = None, quiet: bool = False
 ) -> TrainResult:
     """Continue a run that was interrupted (killed, Ctrl-C, diverged) from its last epoch checkpoint.
 
@@ -94,7 +88,13 @@ def resume(
     writer = RunWriter.reopen(run_dir, force=force)
     config = writer.saved_config().validate()
     state = writer.load_resume_state()
-    return _run(config, writer, callbacks or TrainCallbacks(), state)
+    return _run(config, writer, _callbacks(callbacks, quiet), state)
+
+
+def _callbacks(callbacks: TrainCallbacks | None, quiet: bool) -> TrainCallbacks:
+    if callbacks is not None:
+        return callbacks
+    return TrainCallbacks() if quiet else EpochProgress()
 
 
 _resume_run = resume  # `train`'s parameter `resume` hides the function
@@ -165,6 +165,8 @@ def _prepare(
     vocab = Vocabulary.from_nodes(np.unique(data.codes), len(ontology))
     counts = target_counts(data, split.train, vocab.code_to_class, len(vocab))
     groups = frequency_groups(counts)
+    if fresh:
+        warn_small_valid_split(data, split, vocab, groups)
     callbacks.on_data(data, split, vocab)
     model = build_model(config, ontology, vocab)
     if config.pretrain == "glove" and fresh:  # a resumed run loads its trained weights
@@ -173,6 +175,7 @@ def _prepare(
     optimizer = make_optimizer(config, model)
     if writer is not None and fresh:
         writer.save_vocabulary(ontology, vocab, counts, groups)
+        writer.save_inputs(ontology, data.patient_ids, split)
     return _Session(
         config=config,
         device=device,
@@ -260,6 +263,8 @@ def _fit(
             break
         train_loss, seconds = _train_epoch(session, epoch, callbacks, writer)
         valid, test = _evaluate(session, session.split.valid), _evaluate(session, session.split.test)
+        if not np.isfinite(valid.loss):  # weights gone to inf/NaN: never checkpoint them
+            raise _diverged(valid.loss, epoch, None, writer)
         record = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -291,6 +296,30 @@ def _fit(
     if writer is not None:
         writer.save_model(session.model, metrics)
     return TrainResult(None, config, metrics, progress.history, session.data.report, session.model)
+
+
+MIN_VALID_PATIENTS = 50  # fewer: the validation loss that picks the epoch is mostly noise
+
+
+def warn_small_valid_split(data: VisitData, split: Split, vocab: Vocabulary, groups: np.ndarray) -> None:
+    """Warn when the validation split is too small to select a model: few patients, or a
+    frequency group with no target in it (its accuracy cannot be read there)."""
+    if len(split.valid) < MIN_VALID_PATIENTS:
+        warnings.warn(
+            f"the validation split has {len(split.valid)} patients (of {len(data.patient_ids)}): too few "
+            f"to select an epoch reliably (at least {MIN_VALID_PATIENTS} advised); treat the scores as "
+            "indicative only",
+            stacklevel=3,
+        )
+    counts = target_counts(data, split.valid, vocab.code_to_class, len(vocab))
+    per_group = np.bincount(groups, weights=counts, minlength=len(group_names()))
+    empty = [name for name, n in zip(group_names(), per_group, strict=True) if n == 0]
+    if empty:
+        warnings.warn(
+            f"the validation split has no target code in frequency group {', '.join(empty)}: "
+            "its accuracy there is undefined (shown as –)",
+            stacklevel=3,
+        )
 
 
 def _patience_ran_out(config: TrainConfig, progress: _Progress) -> bool:
@@ -330,8 +359,9 @@ def _final_metrics(session: _Session, progress: _Progress) -> dict[str, Any]:
     }
 
 
-def _diverged(value: float, epoch: int, step: int, writer: RunWriter | None) -> TrainingDiverged:
-    message = f"training diverged: loss is {value} at epoch {epoch}, step {step}"
+def _diverged(value: float, epoch: int, step: int | None, writer: RunWriter | None) -> TrainingDiverged:
+    where = f"step {step}" if step is not None else "validation"
+    message = f"training diverged: loss is {value} at epoch {epoch}, {where}"
     if writer is not None and writer.has_resume_state():
         message += (
             f"; {writer.work} keeps the checkpoint of epoch {epoch - 1} to inspect, or to continue with "

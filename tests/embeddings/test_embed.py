@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 import hapnet
 from hapnet.cli.main import app
 from hapnet.data.synth import write_synth
+from hapnet.embeddings.config import EmbedConfig
 from hapnet.embeddings.formats import FORMATS, EmbeddingTable, read_embeddings, write_embeddings
 from hapnet.embeddings.neighbors import neighbors
 from hapnet.embeddings.reconstruction import reconstruction, relations
-from hapnet.embeddings.structure import EmbedResult, embed
+from hapnet.embeddings.structure import EmbedResult, embed, initial_embedder, train_structure
 from hapnet.errors import HapnetError, InputError
 from hapnet.ontology.graph import Ontology
 
@@ -348,6 +349,9 @@ def test_from_run_exports_the_trained_embeddings(small_run: Path, tmp_path: Path
     exported = result.table.vectors[[position[code] for code in run.codes]]
     np.testing.assert_allclose(exported, saved, rtol=1e-5, atol=1e-6)
     assert 0 < result.reconstruction.map <= 1 and result.settings["from_run"] == str(small_run)
+    by_run = embed("icd9-ccs", from_run=run, evaluate=False)  # a loaded Run works as its folder does
+    assert by_run.table.codes == result.table.codes and by_run.settings == result.settings
+    np.testing.assert_array_equal(by_run.table.vectors, result.table.vectors)
 
     out = tmp_path / "run.w2v"
     cli = run_cli("embed", "icd9-ccs", "--from-run", small_run, "-o", out)
@@ -356,6 +360,32 @@ def test_from_run_exports_the_trained_embeddings(small_run: Path, tmp_path: Path
     other = run_cli("embed", tree_csv, "--from-run", small_run, "-o", tmp_path / "x.csv")
     assert other.exit_code == 2 and "trained on ontology 'icd9-ccs', not on" in other.output
     assert len(other.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("epochs", [0, -1])
+def test_fewer_than_one_epoch_is_refused_in_one_line(tree: Ontology, tree_csv: Path, tmp_path: Path, epochs):
+    with pytest.raises(HapnetError, match=rf"^--epochs must be at least 1, got {epochs}$"):
+        embed(tree, dim=8, epochs=epochs, device="cpu")
+    out = tmp_path / "e.parquet"
+    result = run_cli("embed", tree_csv, "-o", out, "--dim", "8", "--epochs", epochs, "--device", "cpu")
+    assert (
+        result.exit_code == 2 and result.output.strip() == f"error: --epochs must be at least 1, got {epochs}"
+    )
+    assert not out.exists()
+
+
+def test_training_starts_from_the_initial_embedder(tree: Ontology):
+    """The untrained baseline of bench_embed.py is where `train_structure` starts: one Adam step
+    (which moves a parameter by at most lr) away from it."""
+    config = EmbedConfig(dim=16, epochs=1, device="cpu")
+    start = initial_embedder(tree, config).state_dict()
+    again = initial_embedder(tree, config).state_dict()
+    assert all(torch.equal(start[name], again[name]) for name in start)  # seeded
+    trained, history = train_structure(tree, config)
+    moved = max((trained.state_dict()[name] - start[name]).abs().max().item() for name in start)
+    assert len(history) == 1 and 0 < moved <= config.lr * (1 + 1e-5)
+    other = initial_embedder(tree, EmbedConfig(dim=16, device="cpu", seed=1)).state_dict()
+    assert not all(torch.equal(start[name], other[name]) for name in start)
 
 
 def test_from_run_on_a_folder_that_is_not_a_run(tmp_path: Path):
@@ -389,3 +419,144 @@ def test_neighbors_bad_input(tmp_path: Path):
     write_embeddings(spaced_table(), tmp_path / "e.csv")
     result = run_cli("neighbors", tmp_path / "e.csv", "nope")
     assert result.exit_code == 2 and "unknown code 'nope'" in result.output
+
+
+# ----------------------------------------------------------------------------- garbage in, one line out
+class _Trap:
+    """Unpickling this creates a folder: a reader that unpickles leaves it behind."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __reduce__(self):  # noqa: ANN204
+        import os
+
+        return (os.mkdir, (str(self.folder / "UNPICKLED"),))
+
+
+def test_a_pickle_is_never_loaded(tmp_path: Path):
+    import pickle
+
+    (tmp_path / "e.codes.txt").write_text("A\nB\n")
+    (tmp_path / "e.npy").write_bytes(pickle.dumps(_Trap(tmp_path)))
+    with pytest.raises(InputError) as caught:
+        read_embeddings(tmp_path / "e.npy")
+    assert (
+        str(caught.value)
+        == f"{tmp_path / 'e.npy'}: not a hapnet embeddings file (a Python pickle, never loaded)"
+    )
+    objects = np.empty((2, 2), dtype=object)
+    objects[0, 0] = _Trap(tmp_path)
+    np.save(tmp_path / "e.npy", objects, allow_pickle=True)  # a real .npy holding pickled objects
+    with pytest.raises(InputError, match="e.npy: not a hapnet embeddings file"):
+        read_embeddings(tmp_path / "e.npy")
+    assert not (tmp_path / "UNPICKLED").exists()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("e.npy", b"", "not a hapnet embeddings file (an empty file)"),
+        ("e.npy", b"hello, world\n", "not a hapnet embeddings file (no .npy header)"),
+        (
+            "e.npy",
+            b"PK\x03\x04rest",
+            "not a hapnet embeddings file (a zip archive (.npz?), expected a .npy matrix)",
+        ),
+        (
+            "e.npy",
+            npy_bytes(np.zeros((2, 3)))[:-8],
+            "not a hapnet embeddings file (truncated: its header promises more values",
+        ),
+        # a header promising 10^16 values: refused by the file's size, nothing allocated
+        (
+            "e.npy",
+            npy_bytes(np.zeros((2, 3))).replace(b"(2, 3)", b"(99999999999, 99999)"),
+            "not a hapnet embeddings file (truncated: its header promises more values",
+        ),
+        ("e.npy", npy_bytes(np.array(["a", "b"])), "not a hapnet embeddings file (<U1 values of shape (2,)"),
+        ("e.npy", npy_bytes(np.float32(1.0)), "not a hapnet embeddings file (float32 values of shape ()"),
+        ("e.parquet", bytes(range(256)), "not a hapnet embeddings file (Could not open Parquet input"),
+        ("e.parquet", b"", "not a hapnet embeddings file ("),
+        ("e.csv", b"", "not a hapnet embeddings file (No columns to parse from file)"),
+        ("e.csv", b"\x80\x04\x95junk", "not a hapnet embeddings file ('utf-8' codec can't decode"),
+        ("e.csv", b"code,level,e0\nA,x,1\n", "not a hapnet embeddings file (Unable to parse string"),
+        ("e.csv", b"code,e0,e1\nA,1,2\nA,3,4\n", "code 'A' has two vectors"),
+        ("e.csv", b"code,e0,e1\nA,1,2\nB,inf,4\n", "the vector of code 'B' holds NaN or infinity"),
+        (
+            "e.w2v",
+            b"1 99999999999\nA 1 2\n",
+            "line 2: expected a word and 99999999999 numbers, found 3 fields",
+        ),
+        ("e.w2v", bytes(range(256)), "binary data"),
+        ("e.tsv", b"\xff\xfe\x00garbage", "not a tab-separated matrix of numbers"),
+    ],
+)
+def test_garbage_of_every_format_is_one_line(tmp_path: Path, name: str, content: bytes, reason: str):
+    path = tmp_path / name
+    path.write_bytes(content)
+    (tmp_path / "e.codes.txt").write_text("A\nB\n")
+    with pytest.raises(InputError) as caught:
+        read_embeddings(path)
+    message = str(caught.value)
+    assert message.startswith(str(path)) and reason in message and "\n" not in message
+
+
+def test_check_writable_refuses_every_output_it_cannot_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import os
+
+    from hapnet.embeddings.formats import check_writable
+
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "taken.npy").write_bytes(b"x")
+    (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "x.metadata.tsv").mkdir()  # the companion file's name is taken by a folder
+    cases = [
+        (tmp_path / "notes.txt" / "e.parquet", False, f"{tmp_path / 'notes.txt'} is a file, not a folder"),
+        (
+            tmp_path / "notes.txt" / "deeper" / "e.csv",
+            True,
+            f"{tmp_path / 'notes.txt'} is a file, not a folder",
+        ),
+        (tmp_path / "taken.npy", False, "taken.npy: already exists (use --force to overwrite)"),
+        (tmp_path / "folder.csv", True, "folder.csv: is a folder, expected a file name"),  # even with --force
+        (tmp_path / "x.tsv", True, "x.metadata.tsv: is a folder, expected a file name"),
+    ]
+    for path, force, message in cases:
+        with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            check_writable(path, force)
+    check_writable(tmp_path / "taken.npy", force=True)
+    check_writable(tmp_path / "new" / "deeper" / "e.parquet")  # missing folders are created later
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode, **kw: Path(path) != locked and real_access(path, mode)
+    )
+    with pytest.raises(InputError, match=r"e.csv: cannot write in .*locked \(permission denied\)"):
+        check_writable(locked / "sub" / "e.csv")
+
+
+def test_cli_embed_refuses_an_unwritable_output_before_training(
+    tmp_path: Path, tree_csv: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import hapnet.embeddings.structure
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained although the output cannot be written")
+
+    monkeypatch.setattr(hapnet.embeddings.structure, "embed", never)
+    (tmp_path / "notes.txt").write_text("x")
+    result = run_cli("embed", tree_csv, "-o", tmp_path / "notes.txt" / "e.parquet", *FAST)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip() == (
+        f"error: {tmp_path / 'notes.txt' / 'e.parquet'}: {tmp_path / 'notes.txt'} is a file, not a folder"
+    )

@@ -153,9 +153,19 @@ def test_explanation_is_sorted_and_totals_by_relation(runs: dict[str, Path]) -> 
         explain_code(load(runs["hap"]), "Z99")
 
 
+def test_as_dict_lists_the_k_largest_weights(runs: dict[str, Path]) -> None:
+    result = explain_code(runs["gram"], "B12")  # a folder works as a loaded Run does
+    assert len(result.as_dict()["nodes"]) == len(result.nodes) == 6
+    top2 = result.as_dict(k=2)["nodes"]
+    assert [n["code"] for n in top2] == result.nodes["code"].head(2).tolist()
+    assert top2[0]["weight"] >= top2[1]["weight"] >= result.nodes["weight"].iloc[2]
+    with pytest.raises(HapnetError, match=r"^--k must be at least 1, got 0$"):
+        result.as_dict(k=0)
+
+
 # ----------------------------------------------------------------------------- CLI
 def test_cli_explain_table_json_and_png(runs: dict[str, Path], tmp_path: Path) -> None:
-    result = hapnet("explain", runs["hap"], "B12", "--top", "5")
+    result = hapnet("explain", runs["hap"], "B12", "--k", "5", "--device", "auto")
     assert result.exit_code == 0, result.output
     assert (
         "Weight by relation" in result.stdout
@@ -182,7 +192,7 @@ def test_cli_explain_table_json_and_png(runs: dict[str, Path], tmp_path: Path) -
     [
         (["no/such/run", "A11"], "error: no/such/run: not a hapnet run folder"),
         (["{run}", "Z99"], "error: 'Z99': not a node of ontology tiny_ontology"),
-        (["{run}", "A11", "--top", "0"], "error: --top must be at least 1, got 0"),
+        (["{run}", "A11", "--k", "0"], "error: --k must be at least 1, got 0"),
     ],
 )
 def test_cli_explain_bad_input_is_exit_2_one_line(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 from tiny import build_tiny_run, hapnet
 
 from hapnet.errors import HapnetError
+from hapnet.inspect import plots
 from hapnet.inspect.explain import explain_code
 from hapnet.inspect.plots import (
     plot_explanation,
@@ -100,7 +103,7 @@ def test_projection_methods() -> None:
 
 def test_plot_explanation_file(runs: dict[str, Path], tmp_path: Path) -> None:
     explanation = explain_code(load(runs["hap"]), "B12")
-    path = plot_explanation(explanation, tmp_path / "b12.svg", top=8)
+    path = plot_explanation(explanation, tmp_path / "b12.svg", k=8)
     assert path.read_text().count("<svg") == 1 and path.stat().st_size > 10_000
     with pytest.raises(HapnetError, match="use a .png, .svg or .pdf"):
         plot_explanation(explanation, tmp_path / "b12.txt")
@@ -121,3 +124,78 @@ def test_cli_plot(runs: dict[str, Path], tmp_path: Path) -> None:
         == "error: no/such/run: not a hapnet run folder (expected config.json, vocab.csv and checkpoint.pt)"
     )
     assert not (tmp_path / "other").exists()
+
+
+# ----------------------------------------------------------------------------- damaged runs, bad outputs
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("metrics.json", "{oops", "metrics.json: not a hapnet metrics file (Expecting property name"),
+        (
+            "metrics.json",
+            "[1, 2]",
+            "metrics.json: not a hapnet metrics file (a JSON list, expected an object)",
+        ),
+        ("metrics.json", '{"test": 3}', "metrics.json: not a hapnet metrics file (no `test` results)"),
+        ("history.csv", "epoch,loss\n1,2\n", "history.csv: not a hapnet history file (no column train_loss"),
+        (
+            "history.csv",
+            "epoch,train_loss,valid_loss,valid_accuracy\n1,x,2,0.5\n",
+            "history.csv: not a hapnet history file (column train_loss is not numbers)",
+        ),
+        ("history.csv", "", "history.csv: not a hapnet history file (No columns to parse"),
+        ("vocab.csv", "class,name\n0,x\n", "vocab.csv: not a hapnet vocabulary file (no column code)"),
+        (
+            "config.json",
+            "[]",
+            "config.json: not a hapnet run configuration (a JSON list, expected an object)",
+        ),
+        ("config.json", '{"seed": "0"}', "config.json: not a hapnet run configuration (`seed` is '0')"),
+        ("config.json", '{"k": true}', "config.json: not a hapnet run configuration (`k` is True)"),
+        (
+            "code_embeddings.npy",
+            b"\x80\x04\x95",
+            "code_embeddings.npy: not a hapnet embeddings file (a Python pickle, never loaded)",
+        ),
+        ("code_embeddings.npy", b"", "code_embeddings.npy: not a hapnet embeddings file (an empty file)"),
+    ],
+)
+def test_a_damaged_run_file_is_one_line_naming_it(
+    runs: dict[str, Path], tmp_path: Path, name: str, content: str | bytes, message: str
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(runs["hap"], run, ignore=shutil.ignore_patterns("plots"))
+    (run / name).write_bytes(content.encode() if isinstance(content, str) else content)
+    with pytest.raises(HapnetError) as caught:
+        plot_runs([run], tmp_path / "figures", map_method="pca")
+    assert str(caught.value).startswith(f"{run / message.split(':')[0]}:") and message in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "figures").exists()
+    result = hapnet("plot", run, "-o", tmp_path / "figures")
+    assert result.exit_code == 2 and result.stderr.strip() == f"error: {caught.value}"
+
+
+def test_figures_that_cannot_be_written_are_refused_before_drawing(
+    runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def never(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("drew a figure that cannot be written")
+
+    monkeypatch.setattr(plots, "learning_curves_figure", never)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(HapnetError, match="notes.txt is a file, not a folder"):
+        plot_runs([runs["hap"]], tmp_path / "notes.txt" / "figures")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode, **kw: Path(path) != locked and real_access(path, mode)
+    )
+    with pytest.raises(HapnetError, match=f"cannot write in {locked} \\(permission denied\\)"):
+        plot_runs([runs["hap"]], locked / "figures")
+    explanation = explain_code(load(runs["hap"]), "B12")
+    monkeypatch.setattr(plots, "explanation_figure", never)
+    with pytest.raises(HapnetError, match="notes.txt is a file, not a folder"):
+        plot_explanation(explanation, tmp_path / "notes.txt" / "b12.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked", "notes.txt"]
+    assert list(locked.iterdir()) == []

@@ -31,7 +31,7 @@ def hap_run(tiny: Path) -> Path:
 # ----------------------------------------------------------------------------- library
 def test_probabilities_sum_to_one_and_top_is_a_prefix_of_the_full_ranking(hap_run: Path) -> None:
     run = load(hap_run)
-    result = predict_next_visit(run, [["A11", "A12"], ["B21"]], top=5)
+    result = predict_next_visit(run, [["A11", "A12"], ["B21"]], k=5)
     assert result.probabilities.shape == (len(run.vocab),)
     assert result.probabilities.sum() == pytest.approx(1.0, abs=1e-9)
     assert (result.probabilities > 0).all()
@@ -49,7 +49,7 @@ def test_probabilities_sum_to_one_and_top_is_a_prefix_of_the_full_ranking(hap_ru
             and row.train_count == facts.loc[row.code, "train_count"]
         )
     # Asking for more codes than there are gives all of them.
-    assert len(predict_next_visit(run, [["A11"]], top=1000).top) == len(run.vocab)
+    assert len(predict_next_visit(run, [["A11"]], k=1000).top) == len(run.vocab)
 
 
 def test_probabilities_equal_a_hand_written_forward_pass(hap_run: Path) -> None:
@@ -73,7 +73,7 @@ def test_codes_resolve_like_training_and_the_rest_are_reported(hap_run: Path) ->
     run = load(hap_run)
     # a11: exact after normalisation; A111: mapped to its ancestor A11 (same node: counted once);
     # Z99: unknown; A1: a category the run never saw in a visit (its visit is dropped).
-    result = predict_next_visit(run, [["a11", "A111", "Z99"], ["A1"]], top=3)
+    result = predict_next_visit(run, [["a11", "A111", "Z99"], ["A1"]], k=3)
     statuses = {r.raw: (r.code, r.status) for r in result.resolved}
     assert statuses == {
         "a11": ("A11", "exact"),
@@ -83,7 +83,7 @@ def test_codes_resolve_like_training_and_the_rest_are_reported(hap_run: Path) ->
     }
     assert result.visits_used == 1
     assert [r.raw for r in result.skipped()] == ["Z99", "A1"] and [r.raw for r in result.mapped()] == ["A111"]
-    same = predict_next_visit(run, [["A11"]], top=3)
+    same = predict_next_visit(run, [["A11"]], k=3)
     np.testing.assert_array_equal(result.probabilities, same.probabilities)
     as_dict = json.loads(json.dumps(result.as_dict()))
     assert as_dict["skipped"][0] == {"raw": "Z99", "code": None, "visit": 1, "reason": "unknown"}
@@ -121,15 +121,31 @@ def test_patient_history_reads_their_visits_in_order(hap_run: Path, tiny: Path) 
         patient_history(run, tiny / "visits.csv", "nobody")
 
 
+def test_k_defaults_to_the_runs_accuracy_k_and_is_checked(tiny: Path) -> None:
+    run_dir = build_tiny_run(tiny, "rnn", k=5, name="rnn-k5")
+    run = load(run_dir)
+    assert run.config.k == 5 and len(run.vocab) > 5
+    by_run, by_folder = predict_next_visit(run, [["A11"]]), predict_next_visit(run_dir, [["A11"]])
+    assert len(by_run.top) == 5 and by_folder.top.equals(by_run.top)  # a Run or its folder alike
+    assert len(predict_next_visit(run, [["A11"]], k=3).top) == 3
+    for bad in (0, -1):
+        with pytest.raises(HapnetError, match=rf"^--k must be at least 1, got {bad}$"):
+            predict_next_visit(run, [["A11"]], k=bad)
+    shown = hapnet("predict", run_dir, "--history", "A11", "--json")
+    assert shown.exit_code == 0 and len(json.loads(shown.stdout)["predictions"]) == 5
+    shown = hapnet("predict", run_dir, "--history", "A11", "-k", "2", "--json", "--device", "auto")
+    assert shown.exit_code == 0 and len(json.loads(shown.stdout)["predictions"]) == 2
+
+
 # ----------------------------------------------------------------------------- CLI
 def test_cli_predict_table_and_json(hap_run: Path) -> None:
-    result = hapnet("predict", hap_run, "--history", "A11,A12;B21,Z99", "--top", "4")
+    result = hapnet("predict", hap_run, "--history", "A11,A12;B21,Z99", "--k", "4")
     assert result.exit_code == 0, result.output
-    top_code = predict_next_visit(load(hap_run), [["A11", "A12"], ["B21"]], top=1).top["code"][0]
+    top_code = predict_next_visit(load(hap_run), [["A11", "A12"], ["B21"]], k=1).top["code"][0]
     assert (
         top_code in result.stdout and "skipped: Z99" in result.stdout and "frequency group" in result.stdout
     )
-    result = hapnet("predict", hap_run, "--history", "A11,A12;B21", "--top", "4", "--json")
+    result = hapnet("predict", hap_run, "--history", "A11,A12;B21", "--k", "4", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert [p["rank"] for p in data["predictions"]] == [1, 2, 3, 4]
@@ -153,7 +169,7 @@ def test_cli_predict_patient(hap_run: Path, tiny: Path) -> None:
         ),
         (["{run}"], "error: give either --history or --patient"),
         (["{run}", "--patient", "p1"], "error: --patient needs --data"),
-        (["{run}", "--history", "A11", "--top", "0"], "error: --top must be at least 1, got 0"),
+        (["{run}", "--history", "A11", "--k", "0"], "error: --k must be at least 1, got 0"),
     ],
 )
 def test_cli_predict_bad_input_is_exit_2_one_line(hap_run: Path, args: list[str], message: str) -> None:

@@ -52,3 +52,12 @@ def test_bench_embed_scores_hap_embeddings() -> None:
     args = "--ontologies icd9cm --epochs 1 --no-gensim --sample 50 --dim 16 --methods hap"
     out = run_script("bench_embed.py", *args.split())
     assert re.search(r"icd9cm +hap 1 ep +[\d.]+", out)
+
+
+@pytest.mark.slow
+def test_bench_threads_times_training_beside_a_busy_process() -> None:
+    out = run_script("bench_threads.py", "--patients", "300", "--steps", "2", "--rounds", "1")
+    assert re.search(r"idle, \d+ threads: [\d.]+ s/step", out)
+    for name in ("default", "1 thread", "auto"):
+        assert re.search(rf"busy, +{name}: [\d.]+ s/step = [\d.]+x idle", out), name
+    assert re.search(r"threads auto chose beside the busy process: \[\d+\]", out)

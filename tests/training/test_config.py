@@ -75,3 +75,16 @@ def test_unknown_settings_are_refused_with_the_closest_name() -> None:
         hapnet.train(seeds="0-1")
     with pytest.raises(HapnetError, match="unknown setting 'colour'"):
         config.make_config(colour="red")
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"lr": float("inf")}, "--lr must be a positive number, got inf"),
+        ({"lr": float("nan")}, "--lr must be a positive number, got nan"),
+        ({"seed": -1}, "--seed must be 0 or more, got -1"),
+    ],
+)
+def test_settings_no_run_can_use_are_refused(settings: dict, message: str) -> None:
+    with pytest.raises(HapnetError, match=message):
+        config.make_config(**settings)

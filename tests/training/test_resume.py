@@ -409,3 +409,44 @@ def test_data_fingerprint_sees_every_array(small: dict):
         hapnet.VisitData(ontology, ids, data.patient_offsets, data.visit_offsets, data.codes, data.report)
     )
     assert len({base, *map(data_fingerprint, changed)}) == 1 + len(changed)
+
+
+def test_nan_validation_loss_stops_before_the_checkpoint_and_the_run_resumes(
+    small: dict, reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Weights gone bad show first in the validation loss: that epoch is never checkpointed, so
+    the suggested --resume continues from the last good epoch (it said "inconsistent checkpoint")."""
+    real_evaluate = trainer.evaluate_patients
+    calls = {"n": 0}
+
+    def evaluate(*args, **kwargs):  # noqa: ANN002, ANN003 - the 3rd call is epoch 2's validation
+        calls["n"] += 1
+        result = real_evaluate(*args, **kwargs)
+        if calls["n"] == 3:
+            result.loss = float("nan")
+        return result
+
+    monkeypatch.setattr(trainer, "evaluate_patients", evaluate)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at epoch 2, validation; .*--resume"):
+        hapnet.train(out=out, quiet=True, **small)
+    assert torch.load(tmp_path / ".run.partial" / RESUME, weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(trainer, "evaluate_patients", real_evaluate)
+    hapnet.resume(out, quiet=True)
+    assert_same_run(out, reference)
+
+
+def test_absurd_learning_rate_in_one_step_leaves_nothing_when_no_epoch_was_good(small: dict, tmp_path: Path):
+    # one step per epoch: the step's loss is finite, the weights it leaves are not
+    settings = {**small, "lr": 1e30, "optimizer": "adam", "batch_size": 1000, "epochs": 2}
+    with pytest.raises(TrainingDiverged, match=r"at epoch 1, validation; no epoch completed"):
+        hapnet.train(out=tmp_path / "run", quiet=True, **settings)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_library_training_shows_progress_unless_quiet(small: dict, capsys: pytest.CaptureFixture):
+    hapnet.train(**{**small, "epochs": 1})
+    shown = capsys.readouterr().err
+    assert "valid loss" in shown and "best" in shown
+    hapnet.train(quiet=True, **{**small, "epochs": 1})
+    assert capsys.readouterr().err == ""

@@ -291,4 +291,6 @@ def test_evaluate_on_other_data(hap_run: Path, synth_dir: Path, tmp_path: Path):
     result = run_cli("evaluate", hap_run, "--data", other, "--json")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert payload["patients"] > 100 and "all patients" in payload["scope"]
+    assert payload["patients"] == 300 and "all 300 patients" in payload["scope"]
+    assert "not the run's test split" in payload["scope"]
+    assert "is the data run" in result.stderr  # a copy of the training data: the scores include it
