@@ -14,12 +14,13 @@ class InputError(HapnetError):
 
     def __init__(self, source: str | Path | None, reason: str, line: int | None = None):
         self.source = str(source) if source is not None else None
-        self.reason = reason
+        # One line whatever the data hold: a line break inside a quoted cell is shown escaped.
+        self.reason = reason.replace("\r", "\\r").replace("\n", "\\n")
         self.line = line
         where = self.source or "input"
         if line is not None:
             where = f"{where}, line {line}"
-        super().__init__(f"{where}: {reason}")
+        super().__init__(f"{where}: {self.reason}")
 
 
 def error_summary(error: BaseException) -> str:

@@ -61,7 +61,8 @@ def error_lines(result) -> list[str]:  # noqa: ANN001 - click's Result
             "error: a.tmp -> b/a: invalid cross-device link",
         ),
         (OSError("the disk went away"), "error: the disk went away"),
-        (InputError("v.csv", "bad row\nsecond line", 3), "error: v.csv, line 3: bad row second line"),
+        (HapnetError("bad row\nsecond line"), "error: bad row second line"),
+        (InputError("v.csv", "cell 'a\nb'", 3), "error: v.csv, line 3: cell 'a\\nb'"),  # data: escaped
     ],
     ids=[
         "permission",
@@ -72,6 +73,7 @@ def error_lines(result) -> list[str]:  # noqa: ANN001 - click's Result
         "two-paths",
         "no-errno",
         "multi-line",
+        "line-break-in-data",
     ],
 )
 def test_user_and_file_system_errors_are_one_line_exit_2(error: BaseException, line: str) -> None:
