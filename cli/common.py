@@ -6,6 +6,7 @@ import functools
 import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -81,6 +82,24 @@ BenchThreadsOpt = Annotated[
     str | None,
     typer.Option(help="torch CPU threads: a number or auto (default: torch's, one per core)."),
 ]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Settings file: TOML, YAML or JSON (a run's config.json works as it is); options given on "
+        "the command line override it (default: none).",
+    ),
+]
+
+
+def typed_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The options of `values` the user gave on the command line (not their defaults): with
+    --config, only those override the file."""
+    return {
+        name: value for name, value in values.items() if ctx.get_parameter_source(name).name == "COMMANDLINE"
+    }
+
+
 # typer shows a <bool> type beside every boolean option; a blank metavar shows it as the flag it is.
 FLAG = " "
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.", metavar=FLAG)]

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import hapnet
-from hapnet.cli.common import FLAG, TRAIN_DEFAULTS, console, loss_progress, user_errors
+from hapnet.cli.common import FLAG, TRAIN_DEFAULTS, ConfigOpt, console, loss_progress, user_errors
 from hapnet.embeddings.config import EmbedConfig
 from hapnet.embeddings.formats import check_writable
 from hapnet.utils.paths import check_output_location
@@ -70,10 +70,12 @@ def embed(
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite existing output files.", metavar=FLAG)
     ] = False,
+    config_file: ConfigOpt = None,
 ) -> None:
     """Embeddings of every code of an ontology, learned from its structure (HAP propagation) or
     exported from a trained run, with how well they recover the ontology (MAP, mean rank)."""
 
+    settings = EmbedConfig.from_file(config_file) if config_file is not None else None  # options override it
     ontology = hapnet.load_ontology(source)
     out = out or Path(f"{ontology.name}.embeddings.parquet")
     check_writable(out, force)
@@ -101,6 +103,7 @@ def embed(
             model=model,
             from_run=from_run,
             callback=on_epoch,
+            config=settings,
         )
     finally:
         progress.stop()

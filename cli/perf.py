@@ -14,16 +14,19 @@ from hapnet.cli.common import (
     FLAG,
     AsJson,
     BenchThreadsOpt,
+    ConfigOpt,
     DeviceOpt,
     OntologyOpt,
     ThreadsOpt,
     console,
     err_console,
+    typed_options,
     user_errors,
 )
 from hapnet.cli.common import TRAIN_DEFAULTS as DEFAULTS
 from hapnet.cli.display import RichCallbacks
 from hapnet.data.synth import DEFAULT_PATIENTS
+from hapnet.errors import HapnetError
 from hapnet.ontology.builtins import DEFAULT_ONTOLOGY
 from hapnet.perf.settings import BENCH_DEFAULTS
 from hapnet.training.config import ONTOLOGY_SCOPES, PRESETS
@@ -164,7 +167,13 @@ def bench(
 
 @user_errors
 def reproduce(
-    data: Annotated[Path, typer.Option(help="MIMIC-III folder (or any data `hapnet train` reads).")],
+    ctx: typer.Context,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="MIMIC-III folder or any data `hapnet train` reads (default: the `data` of --config)."
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs and the table.")] = Path(
         "reproduce"
     ),
@@ -213,6 +222,7 @@ def reproduce(
             "--force", help="Retrain finished runs / reuse a folder of other settings.", metavar=FLAG
         ),
     ] = False,
+    config_file: ConfigOpt = None,
 ) -> None:
     """The paper's ten configurations (HAP, HAP lv3/lv2, GRAM, GRAM lv3/lv2, RNN+, RNN, Rollup+, Rollup)
     over several seeds: reproduce.md / reproduce.json beside the published numbers. Resumable.
@@ -220,31 +230,37 @@ def reproduce(
     --configs keys: hap, hap-lv3, hap-lv2, gram, gram-lv3, gram-lv2, rnn+, rnn, rollup+, rollup.
     """
     # torch loads here, when the command runs
-    from hapnet.training.reproduction import TABLE_JSON, TABLE_MD
+    from hapnet.training.reproduction import TABLE_JSON, TABLE_MD, reproduce_settings_from_file
     from hapnet.training.reproduction import reproduce as run_reproduce
-    from hapnet.training.seeds import parse_seeds
     from hapnet.utils.threads import torch_threads
 
     def announce(paper: Any, index: int, count: int, done: list[int]) -> None:
         resumed = f", seeds {', '.join(map(str, done))} already done" if done else ""
         console.rule(f"[bold]{paper.name}[/] ({index + 1}/{count}{resumed})")
 
+    settings = dict(
+        data=data,
+        seeds=seeds,
+        configs=configs,
+        ontology=ontology,
+        preset=preset,
+        epochs=epochs,
+        dim=dim,
+        hidden=hidden,
+        attention_dim=attention_dim,
+        glove_epochs=glove_epochs,
+        ontology_scope=ontology_scope,
+        device=device,
+    )
+    if config_file is not None:  # the file, then what was typed: a default never overrides it
+        settings = {**reproduce_settings_from_file(config_file), **typed_options(ctx, settings)}
+    if settings.get("data") is None:
+        raise HapnetError("reproduce: give the data with --data (or `data` in the --config file)")
     with torch_threads(threads) as share:
         result = run_reproduce(
-            data,
-            out,
-            seeds=parse_seeds(seeds),
-            configs=configs,
-            ontology=ontology,
-            preset=preset,
-            epochs=epochs,
-            dim=dim,
-            hidden=hidden,
-            attention_dim=attention_dim,
-            glove_epochs=glove_epochs,
-            ontology_scope=ontology_scope,
-            device=device,
+            out=out,
             force=force,
+            **settings,
             callbacks=RichCallbacks(share),
             on_config=announce,
         )

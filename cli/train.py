@@ -13,11 +13,13 @@ from hapnet.cli.common import (
     FLAG,
     AsJson,
     ColumnsOpt,
+    ConfigOpt,
     DeviceOpt,
     OntologyOpt,
     ThreadsOpt,
     UnknownOpt,
     console,
+    typed_options,
     user_errors,
 )
 from hapnet.cli.common import TRAIN_DEFAULTS as DEFAULTS
@@ -31,6 +33,7 @@ from hapnet.training.config import (
     OUTPUTS,
     PRESETS,
     PRETRAINS,
+    SPLITS,
     TASK_WEIGHTS,
     make_config,
     parse_levels,
@@ -74,6 +77,7 @@ ModelOpt = Annotated[
 
 @user_errors
 def train(
+    ctx: typer.Context,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -197,6 +201,21 @@ def train(
     threads: ThreadsOpt = "auto",
     unknown: UnknownOpt = DEFAULTS.unknown,
     columns: ColumnsOpt = None,
+    code_pattern: Annotated[
+        str | None,
+        typer.Option(
+            "--code-pattern",
+            help="MEDS: a regular expression whose first group is the diagnosis code in the `code` "
+            "column (default: ICD9CM//…, ICD10CM//…, DIAGNOSIS//ICD//9//… and alike).",
+        ),
+    ] = None,
+    split: Annotated[
+        str,
+        typer.Option(
+            help=f"Patient split: {' or '.join(SPLITS)} (random: 70/10/20 by --seed; meds: the MEDS "
+            "dataset's metadata/subject_splits.parquet)."
+        ),
+    ] = DEFAULTS.split,
     synth_patients: Annotated[
         int | None,
         typer.Option(
@@ -210,6 +229,7 @@ def train(
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite an existing run folder.", metavar=FLAG)
     ] = False,
+    config_file: ConfigOpt = None,
     resume: Annotated[
         Path | None,
         typer.Option(
@@ -230,7 +250,7 @@ def train(
                 raise HapnetError("--resume continues one run: give it one seed's folder (OUT/seed-S)")
             show_result(train_model(resume=resume, force=force, callbacks=RichCallbacks(share)))
             return
-        config = make_config(
+        settings = dict(
             preset=preset,
             data=str(data) if data else None,
             ontology=ontology,
@@ -258,8 +278,13 @@ def train(
             compile=compile,
             unknown=unknown,
             columns=parse_columns(columns),
+            code_pattern=code_pattern,
+            split=split,
             synth_patients=synth_patients,
         )
+        if config_file is not None:  # the file, then what was typed: a default never overrides it
+            settings = typed_options(ctx, settings)
+        config = make_config(config_file=config_file, **settings)
         name = run_name(config)
         out = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if seeds:

@@ -3,9 +3,12 @@ at start-up."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from hapnet.errors import HapnetError
+from hapnet.utils.settings_files import check_known, read_settings
 
 
 @dataclass
@@ -25,6 +28,12 @@ class EmbedConfig:
     family_weight: float = 0.3  # weight of ranking those 2-step nodes above unrelated ones
     seed: int = 0
     device: str = "auto"
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> EmbedConfig:
+        """The settings of a TOML, YAML or JSON file (`hapnet embed --config`); unknown names refused."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**check_known(path, read_settings(path), known))
 
     def validate(self) -> EmbedConfig:
         # The registry imports torch: only a validated config needs it (the CLI reads the defaults).

@@ -13,6 +13,7 @@ from hapnet.data.synth import DEFAULT_PATIENTS
 from hapnet.data.table import DEFAULT_UNKNOWN, UNKNOWN_POLICIES
 from hapnet.errors import HapnetError
 from hapnet.ontology.builtins import DEFAULT_ONTOLOGY
+from hapnet.utils.settings_files import check_known, read_settings
 
 OPTIMIZERS = ("adam", "adamw", "adadelta")
 PRETRAINS = ("none", "glove")
@@ -22,6 +23,9 @@ LOSSES = ("paper", "softmax", "bce")  # hapnet.models.losses.LOSSES (torch-free 
 ONTOLOGY_SCOPES = ("observed", "full")
 OUTPUTS = ("free", "tied")  # hapnet.models.predictor.OUTPUTS (torch-free here, for the CLI)
 TASK_WEIGHTS = ("learned", "equal")  # hapnet.models.predictor.TASK_WEIGHTS
+# "random": the protocol's 70/10/20 split by the seed; "meds": a MEDS dataset's own
+# metadata/subject_splits.parquet (train / tuning / held_out -> train / valid / test).
+SPLITS = ("random", "meds")
 
 
 @dataclass
@@ -57,6 +61,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model's steps (falls back to eager where it fails)
     unknown: str = DEFAULT_UNKNOWN
     columns: dict[str, str] | None = None
+    code_pattern: str | None = None  # MEDS: regex, group 1 = the diagnosis code (else the known forms)
+    split: str = "random"
     synth_patients: int = DEFAULT_PATIENTS  # size of the built-in synthetic data when data is None
     glove_epochs: int = 50
     preset: str | None = None
@@ -83,6 +89,7 @@ class TrainConfig:
                 f"--ontology-scope must be one of {', '.join(ONTOLOGY_SCOPES)}",
             ),
             (self.output in OUTPUTS, f"--output must be one of {', '.join(OUTPUTS)}"),
+            (self.split in SPLITS, f"--split must be one of {', '.join(SPLITS)}"),
             (self.task_weights in TASK_WEIGHTS, f"--task-weights must be one of {', '.join(TASK_WEIGHTS)}"),
             (
                 all(isinstance(v, int) and v >= 1 for v in self.aux_levels)
@@ -174,9 +181,28 @@ def parse_levels(text: str | None) -> list[int] | None:
         raise HapnetError(f"--aux-levels: expected levels such as 1,2,3, got {text!r}") from None
 
 
-def make_config(preset: str | None = None, **settings: Any) -> TrainConfig:
-    """A config from a preset, overridden by the settings that are not None. A setting that is not
-    a `TrainConfig` field is refused (a typo such as `epoch=1` would otherwise be ignored)."""
+# What a run folder's config.json records beside the settings: read past in a settings file.
+RUN_RECORD_KEYS = ("versions", "data_fingerprint", "ontology_fingerprint")
+
+
+def settings_from_file(path: str | Path) -> dict[str, Any]:
+    """The training settings of a TOML, YAML or JSON file (a run's config.json works as it is);
+    a name that is not a setting is refused, naming the closest."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return check_known(path, read_settings(path), known, RUN_RECORD_KEYS)
+
+
+def make_config(
+    preset: str | None = None, config_file: str | Path | None = None, **settings: Any
+) -> TrainConfig:
+    """A config from a preset, then a settings file (`--config`), overridden by the settings
+    that are not None. A setting that is not a `TrainConfig` field is refused (a typo such as
+    `epoch=1` would otherwise be ignored)."""
+    if config_file is not None:
+        from_file = settings_from_file(config_file)
+        file_preset = from_file.pop("preset", None)
+        preset = preset if preset is not None else file_preset
+        settings = {**from_file, **{k: v for k, v in settings.items() if v is not None}}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = [key for key in settings if key not in known]
     if unknown:

@@ -16,8 +16,9 @@ from hapnet.errors import HapnetError
 from hapnet.ontology.builtins import DEFAULT_ONTOLOGY
 from hapnet.training.config import make_config
 from hapnet.training.runs import METRICS, is_run_dir, write_json
-from hapnet.training.seeds import check_sweep_settings, markdown_table, train_seeds
+from hapnet.training.seeds import as_seeds, check_sweep_settings, markdown_table, train_seeds
 from hapnet.utils.paths import check_output_location
+from hapnet.utils.settings_files import check_known, read_settings
 from hapnet.utils.textio import atomic_path
 
 SETTINGS_FILE = "reproduce-settings.json"
@@ -81,11 +82,23 @@ def finished_seeds(folder: Path, seeds: list[int]) -> list[int]:
     ]
 
 
+# The settings of `reproduce` a settings file may hold (`hapnet reproduce --config FILE`).
+REPRODUCE_SETTINGS = (
+    "data", "seeds", "configs", "ontology", "preset", "epochs", "dim", "hidden", "attention_dim",
+    "glove_epochs", "ontology_scope", "device",
+)  # fmt: skip
+
+
+def reproduce_settings_from_file(path: str | Path) -> dict[str, Any]:
+    """The `reproduce` settings of a TOML, YAML or JSON file; unknown names refused."""
+    return check_known(path, read_settings(path), REPRODUCE_SETTINGS)
+
+
 def reproduce(
     data: str | Path,
     out: str | Path,
     *,
-    seeds: list[int] | None = None,
+    seeds: str | list[int] | None = None,
     configs: str | list[str] | None = None,
     ontology: str = DEFAULT_ONTOLOGY,
     preset: str = "paper",
@@ -106,7 +119,7 @@ def reproduce(
     `on_config(paper_config, index, count, done)` is called before each configuration (progress;
     `done`: its seeds already finished, which are not trained again).
     """
-    seeds = [0, 1, 2, 3, 4] if seeds is None else seeds
+    seeds = [0, 1, 2, 3, 4] if seeds is None else as_seeds(seeds)
     chosen = select_configs(configs)
     data_path = Path(data)
     if not data_path.exists():

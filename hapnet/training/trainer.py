@@ -51,7 +51,7 @@ class TrainingDiverged(HapnetError):
 
 
 def train(
-    config: TrainConfig | None = None,
+    config: TrainConfig | str | Path | None = None,
     *,
     out: str | Path | None = None,
     force: bool = False,
@@ -62,7 +62,9 @@ def train(
 ) -> TrainResult:
     """Train one model and write its run folder (unless out is None).
 
-    `hapnet.train(model="gram", levels=3, epochs=5, out="runs/gram")` or with a TrainConfig.
+    `hapnet.train(model="gram", levels=3, epochs=5, out="runs/gram")`, with a TrainConfig, or with
+    a settings file (TOML, YAML, JSON; a run's config.json) that the keywords override:
+    `hapnet.train("best_config.json", epochs=5)`.
     `hapnet.train(resume="runs/gram")` continues an interrupted run (see `resume`). Progress (a
     line per epoch) goes to stderr unless `quiet=True` or `callbacks` are given. Several seeds:
     `hapnet.train_seeds`.
@@ -71,7 +73,12 @@ def train(
         if config is not None or out is not None or settings:
             raise HapnetError("resume: the run continues with its saved settings; give no other settings")
         return _resume_run(resume, force=force, callbacks=callbacks, quiet=quiet)
-    config = config if config is not None else make_config(**settings)
+    if config is None or isinstance(config, (str, Path)):
+        config = make_config(config_file=config, **settings)
+    elif settings:
+        raise HapnetError(
+            f"train: give settings in the TrainConfig or as keywords, not both ({', '.join(settings)})"
+        )
     config.validate()
     writer = RunWriter.start(out, config, force=force) if out is not None else None
     return _run(config, writer, _callbacks(callbacks, quiet), None)
