@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rich.console import Group, RenderableType
 from rich.table import Table
 
 from hapnet.cli.common import console
@@ -22,7 +23,9 @@ def data_report_table(rows: list) -> Table:
     return table
 
 
-def metrics_table(metrics: dict[str, Any], title: str) -> Table:
+def metrics_table(metrics: dict[str, Any], title: str) -> RenderableType:
+    """Accuracy@k by frequency group, overall, and the loss per split; under it, the other scores
+    (`scores_table`) when the metrics have them."""
     k = metrics["k"]
     table = Table("split", *[f"acc@{k} {g}%" for g in GROUP_LABELS], f"acc@{k}", "loss", title=title)
     for split in ("valid", "test"):
@@ -34,6 +37,31 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
                 format_score(m["accuracy"]),
                 format_score(m["loss"]),
             )
+    scores = scores_table(metrics)
+    return table if scores is None else Group(table, scores)
+
+
+def scores_table(metrics: dict[str, Any]) -> Table | None:
+    """Per-visit recall@k, weighted F1, micro and macro PR-AUC and ROC-AUC per split (– where
+    undefined or missing); None for metrics without any of them (a run from before they existed)."""
+    # torch comes with this module: this table is only drawn after a command trained or evaluated
+    from hapnet.training.metrics import AUC_CODES, SCORE_LABELS
+
+    splits = [
+        split for split in ("valid", "test") if any(key in metrics.get(split, {}) for key in SCORE_LABELS)
+    ]
+    if not splits:
+        return None
+    codes = ", ".join(f"{metrics[s][AUC_CODES]:,} ({s})" for s in splits if AUC_CODES in metrics[s])
+    # two-line headers keep the table narrow: "PR-AUC" over "micro"
+    table = Table(
+        "split",
+        *[label.replace(" ", "\n") for label in SCORE_LABELS.values()],
+        caption=f"macro AUCs: mean over {codes} codes" if codes else None,
+    )
+    for split in splits:
+        m = metrics[split]
+        table.add_row(split, *[format_score(m[key]) if key in m else "–" for key in SCORE_LABELS])
     return table
 
 

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from hapnet.cli import data_stats, embed, inspect, models, ontology, perf, synth, train
+from hapnet.cli import data_stats, embed, inspect, models, ontology, perf, synth, train, tune
 from hapnet.cli.common import err_console, one_line
 
 
@@ -56,6 +56,7 @@ app = typer.Typer(
 app.add_typer(ontology.app, name="ontology")
 app.command()(train.train)
 app.command()(train.evaluate)
+app.command()(tune.tune)
 app.command("models")(models.list_models)
 app.command()(synth.synth)
 app.command("data-stats")(data_stats.data_stats_command)

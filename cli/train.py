@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from hapnet.cli.common import (
     FLAG,
@@ -19,6 +20,8 @@ from hapnet.cli.common import (
     ThreadsOpt,
     UnknownOpt,
     console,
+    err_console,
+    one_line,
     typed_options,
     user_errors,
 )
@@ -237,18 +240,34 @@ def train(
             "with its saved settings (other options are ignored). Default: a new run."
         ),
     ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc",
+            help="Train data-parallel on N processes of this machine (one GPU each, or CPU processes), "
+            "launched through torch.distributed.run; several machines: torchrun (docs/scaling.md). "
+            "Default: one process.",
+        ),
+    ] = None,
 ) -> None:
     """Train a next-visit diagnosis model of the registry and evaluate it as the paper does."""
     # torch loads here, when the command runs, not at start-up of every `hapnet` command
+    from hapnet.training.distributed import environment, labelled
     from hapnet.training.seeds import parse_seeds, train_seeds
     from hapnet.training.trainer import train as train_model
     from hapnet.utils.threads import torch_threads
 
-    with torch_threads(threads) as share:
+    process = environment()  # a rank of a distributed run under torchrun, else the one process
+    launching = check_nproc(nproc, process.distributed, seeds)
+    with torch_threads(threads) as share, labelled(process):
         if resume is not None:
             if seeds:
                 raise HapnetError("--resume continues one run: give it one seed's folder (OUT/seed-S)")
-            show_result(train_model(resume=resume, force=force, callbacks=RichCallbacks(share)))
+            if launching:
+                return launch_ranks(ctx, nproc, resume)  # type: ignore[arg-type]
+            result = train_model(resume=resume, force=force, callbacks=RichCallbacks(share))
+            if process.is_main:
+                show_result(result)
             return
         settings = dict(
             preset=preset,
@@ -288,11 +307,76 @@ def train(
         name = run_name(config)
         out = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if seeds:
+            if process.distributed:
+                raise HapnetError(DISTRIBUTED_SEEDS)
             result = train_seeds(config, parse_seeds(seeds), out, force=force, callbacks=RichCallbacks(share))
             console.print(result.markdown(name))
             console.print(f"runs and summary.md / summary.json in [bold]{result.out}[/]")
             return
-        show_result(train_model(config, out=out, force=force, callbacks=RichCallbacks(share)))
+        if launching:
+            return launch_ranks(ctx, nproc, out)  # type: ignore[arg-type]
+        result = train_model(config, out=out, force=force, callbacks=RichCallbacks(share))
+        if process.is_main:  # rank 0 alone prints
+            show_result(result)
+
+
+DISTRIBUTED_SEEDS = (
+    "--seeds trains its seeds one after another in one process: with --nproc or under torchrun, "
+    "train one --seed at a time"
+)
+
+
+def check_nproc(nproc: int | None, distributed: bool, seeds: str | None) -> bool:
+    """Whether this command launches ranks (--nproc 2 or more); refuses what cannot be launched."""
+    if nproc is None:
+        return False
+    if nproc < 1:
+        raise HapnetError(f"--nproc must be at least 1, got {nproc}")
+    if distributed:
+        raise HapnetError("--nproc launches torch.distributed.run itself: under torchrun, leave it out")
+    if nproc > 1 and seeds:
+        raise HapnetError(DISTRIBUTED_SEEDS)
+    return nproc > 1
+
+
+def forwarded_arguments(ctx: typer.Context, *, skip: tuple[str, ...] = ("nproc",)) -> list[str]:
+    """The options typed on this command line (but `skip`), as the ranks' `hapnet train` reads them."""
+    arguments: list[str] = []
+    for param in ctx.command.params:
+        name = param.name or ""
+        if name in skip or ctx.get_parameter_source(name).name != "COMMANDLINE":
+            continue
+        value = ctx.params[name]
+        if getattr(param, "is_flag", False):
+            secondary = getattr(param, "secondary_opts", [])
+            if value or secondary:
+                arguments.append(param.opts[0] if value else secondary[0])
+        else:
+            arguments += [param.opts[0], str(value)]
+    return arguments
+
+
+def launch_ranks(ctx: typer.Context, nproc: int, run: Path) -> None:
+    """`hapnet train` with these options on `nproc` ranks (torch.distributed.run), writing `run`
+    (or resuming it); a failure the ranks did not explain is one line here."""
+    from hapnet.training.distributed import launch  # torch: loaded once a command trains
+    from hapnet.training.runs import RunWriter
+
+    resuming = ctx.get_parameter_source("resume").name == "COMMANDLINE"
+    arguments = forwarded_arguments(ctx, skip=("nproc", "out"))
+    code, message = launch([*arguments, *([] if resuming else ["--out", str(run)])], nproc)
+    if message is not None:
+        try:  # an epoch checkpoint to resume from?
+            writer = RunWriter.reopen(run, force=True)
+            message += (
+                f"; {writer.work} keeps the last epoch: continue with "
+                f"`hapnet train --resume {writer.target} --nproc {nproc}`"
+            )
+        except HapnetError:
+            pass
+        err_console.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
+    if code:
+        raise typer.Exit(code)
 
 
 def show_result(result: Any) -> None:

@@ -14,7 +14,7 @@ Ontologies
     Hierarchy           HAP's bottom-up and top-down steps, level by level, of an ontology
 
 Data
-    load_visits         visits from a MIMIC-III/IV folder, a long CSV or a `hapnet synth` folder
+    load_visits         visits from a MIMIC-III/IV, MEDS or OMOP folder, a long CSV or a synth folder
     visits_from_frame   visits from a long pandas DataFrame
     visits_from_lists   visits from nested lists: patients -> visits -> raw codes
     VisitData           patients -> visits -> codes (ontology nodes), as CSR arrays
@@ -32,6 +32,7 @@ Models and training
     train               train one model and write its run folder (`hapnet train`)
     resume              continue an interrupted run from its last epoch (`hapnet train --resume`)
     train_seeds         one run per seed and a mean +- std summary (`hapnet train --seeds`)
+    tune                search training settings with Optuna, resumable, several machines (`hapnet tune`)
     load                read a run folder back as a Run
     Run                 a trained run: config, metrics, vocabulary, ontology, model
     evaluate            accuracy@k and loss of a run on its test split or other data (`hapnet evaluate`)
@@ -87,6 +88,7 @@ _LAZY = {
     "TrainConfig": "hapnet.training.config",
     "make_config": "hapnet.training.config",
     "train_seeds": "hapnet.training.seeds",
+    "tune": "hapnet.training.tune",
     "load": "hapnet.training.runs",
     "Run": "hapnet.training.runs",
     "evaluate": "hapnet.training.evaluation",

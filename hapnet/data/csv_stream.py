@@ -354,6 +354,9 @@ class _Column:
         return parse_times(distinct, ids, source, first_line)[ids]
 
 
+Column = _Column  # its public name: the parquet reader (hapnet.data.parquet_stream) fills it too
+
+
 def stream_columns(
     csv_file: CsvFile,
     wanted: dict[str, int],

@@ -2,6 +2,8 @@
 
 - a MIMIC-III folder (`ADMISSIONS` + `DIAGNOSES_ICD`, `.csv` or `.csv.gz`, upper or lower case),
 - a MIMIC-IV `hosp` folder or its parent (`admissions` + `diagnoses_icd` with `icd_version`),
+- a MEDS dataset folder (`data/**/*.parquet` events, `metadata/`),
+- an OMOP CDM folder (`condition_occurrence` + optional `visit_occurrence`, `person`, `concept`),
 - a long CSV, one row per (patient, visit, code) with an optional visit time,
 - a folder written by `hapnet synth` (its `synth.json` names the long CSV).
 
@@ -22,11 +24,14 @@ import pandas as pd
 
 from hapnet.data import synth
 from hapnet.data.long_csv import read_long_csv, rows_from_frame
+from hapnet.data.meds import is_meds_folder, read_meds
 from hapnet.data.mimic import find_mimic, read_mimic
+from hapnet.data.omop import find_omop, read_omop
 from hapnet.data.table import DEFAULT_UNKNOWN, UNKNOWN_POLICIES, LongTable, assemble
 from hapnet.data.visits import VisitData
 from hapnet.errors import HapnetError, InputError
 from hapnet.ontology.graph import Ontology
+from hapnet.ontology.meds_codes import MedsCodes
 from hapnet.utils.textio import entry_exists, list_folder, os_error_reason, stat_input
 
 
@@ -37,38 +42,82 @@ def load_visits(
     columns: dict[str, str] | None = None,
     unknown: str = DEFAULT_UNKNOWN,
     min_visits: int = 2,
+    code_pattern: str | None = None,
 ) -> VisitData:
-    """Load visits from a MIMIC-III/IV folder, a long CSV or a `hapnet synth` folder.
+    """Load visits from a MIMIC-III/IV folder, a MEDS or OMOP folder, a long CSV or a `hapnet synth` folder.
 
     `path=None` generates the default synthetic data set (`hapnet.data.synth`) for `ontology`.
     `columns` names the long-CSV columns by role (`patient`, `visit`, `time`, `code`).
     `unknown`: "ancestor" maps codes missing from the ontology to their nearest ancestor by
     prefix (else drops them), "drop" keeps exact matches only, "error" rejects any other code.
+    `code_pattern` (MEDS only): a regular expression whose group 1 is the diagnosis code, for codes
+    of other forms than ICD9CM//428.0, ICD10CM//I50.9 or DIAGNOSIS//ICD//9//4280.
     """
     _check_options(unknown, min_visits)
+    codes = MedsCodes.from_option(code_pattern)  # a bad pattern is refused before any reading
     if path is None:
+        _no_code_pattern(code_pattern, "the built-in synthetic data")
         frame = synth.generate(ontology, synth.DEFAULT_PATIENTS, seed=0)
         rows = rows_from_frame(frame, None, "synthetic (generated in memory)", "synth")
         return assemble(rows, ontology, unknown, min_visits)
     path = Path(path)
     if not entry_exists(path):
         raise InputError(
-            path, "not found (expected a MIMIC-III/IV folder, a long CSV or a `hapnet synth` folder)"
+            path,
+            "not found (expected a MIMIC-III/IV, MEDS or OMOP folder, a long CSV or a `hapnet synth` folder)",
         )
     is_folder = stat.S_ISDIR(stat_input(path).st_mode)  # a broken link, a link loop: one line
     if not is_folder and path.name == synth.MANIFEST:
         path, is_folder = path.parent, True
-    if is_folder:
-        if any(p.name == synth.MANIFEST for p in list_folder(path)):
-            rows = _read_synth_folder(path, ontology, columns)
-        else:
-            mimic = find_mimic(path)
-            if columns:
-                raise InputError(path, "--columns applies to long CSV files, not to MIMIC folders")
-            rows = read_mimic(*mimic, ontology)
+    if not is_folder:
+        _no_code_pattern(code_pattern, path)
+        return assemble(read_long_csv(path, columns, kind="long-csv"), ontology, unknown, min_visits)
+    entries = list_folder(path)
+    if any(p.name == synth.MANIFEST for p in entries):
+        _no_code_pattern(code_pattern, path)
+        rows = _read_synth_folder(path, ontology, columns)
+    elif is_meds_folder(path):
+        _no_columns(columns, path, "MEDS datasets")
+        rows = read_meds(path, ontology, codes)
+    elif (omop := find_omop(path, entries)) is not None:
+        _no_columns(columns, path, "OMOP folders")
+        _no_code_pattern(code_pattern, path)
+        rows = read_omop(omop, ontology)
     else:
-        rows = read_long_csv(path, columns, kind="long-csv")
+        mimic = _find_mimic(path)
+        _no_columns(columns, path, "MIMIC folders")
+        _no_code_pattern(code_pattern, path)
+        rows = read_mimic(*mimic, ontology)
     return assemble(rows, ontology, unknown, min_visits)
+
+
+def _find_mimic(path: Path) -> tuple[Path, Path]:
+    """MIMIC's two tables; a folder of no known kind is named with every kind that is read."""
+    try:
+        return find_mimic(path)
+    except InputError as exc:
+        if not exc.reason.startswith(_NOT_MIMIC):
+            raise
+        found = exc.reason.rpartition("; found ")[2]
+        raise InputError(
+            path,
+            f"{_NOT_MIMIC}: expected ADMISSIONS + DIAGNOSES_ICD (MIMIC-III), hosp/admissions + "
+            "hosp/diagnoses_icd (MIMIC-IV), data/*.parquet + metadata/ (MEDS), condition_occurrence "
+            f"(OMOP) or synth.json (hapnet synth); found {found}",
+        ) from None
+
+
+_NOT_MIMIC = "not a visit data folder"
+
+
+def _no_columns(columns: dict[str, str] | None, path: Path, what: str) -> None:
+    if columns:
+        raise InputError(path, f"--columns applies to long CSV files, not to {what}")
+
+
+def _no_code_pattern(code_pattern: str | None, path: Path | str) -> None:
+    if code_pattern:
+        raise InputError(path, "--code-pattern applies to MEDS datasets (their `code` column) only")
 
 
 def visits_from_lists(

@@ -37,7 +37,9 @@ class LongTable:
     first_line: int | None = None  # file line of row 0 (rows are file order), for messages
     orphan_rows: int = 0
     admissions_without_diagnoses: int = 0
+    other_events: int = 0  # source events read and left out as no diagnosis (MEDS, OMOP)
     notes: list[str] = field(default_factory=list)
+    patient_splits: np.ndarray | None = None  # str [P] split label per patient_names entry ("" = none)
 
     def line(self, row: int) -> int | None:
         return None if self.first_line is None else self.first_line + int(row)
@@ -151,6 +153,7 @@ def assemble(rows: LongTable, ontology: Ontology, unknown: str, min_visits: int)
         duplicate_rows=duplicate_rows,
         orphan_rows=rows.orphan_rows,
         admissions_without_diagnoses=rows.admissions_without_diagnoses,
+        other_events=rows.other_events,
         dropped_visits=int((~has_codes).sum()),
         dropped_patient_rows=dropped_patient_rows,
         dropped_patients=num_patients_all - len(patient_ids),
@@ -158,7 +161,8 @@ def assemble(rows: LongTable, ontology: Ontology, unknown: str, min_visits: int)
         notes=list(rows.notes),
     )
     times = None if visit_time is None else visit_time[keep_visit]
-    return VisitData(ontology, patient_ids, patient_offsets, visit_offsets, codes, report, times)
+    splits = None if rows.patient_splits is None else rows.patient_splits[keep_patient]
+    return VisitData(ontology, patient_ids, patient_offsets, visit_offsets, codes, report, times, splits)
 
 
 _STATUS_CODES = {EXACT: 0, MAPPED: 1, "unknown": 2, "empty": 3}

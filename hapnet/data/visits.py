@@ -17,7 +17,7 @@ class DataReport:
     """What a load did to the source: sizes, how codes resolved, and what was dropped and why."""
 
     source: str
-    kind: str  # mimic3 | mimic4 | long-csv | synth | frame | lists
+    kind: str  # mimic3 | mimic4 | meds | omop | long-csv | synth | frame | lists
     ontology: str
     patients: int
     visits: int
@@ -35,7 +35,8 @@ class DataReport:
     empty_code_rows: int = 0
     duplicate_rows: int = 0  # the same node twice in one visit (also after mapping to an ancestor)
     orphan_rows: int = 0  # rows of no patient: MIMIC diagnoses without an admission, empty patient ids
-    admissions_without_diagnoses: int = 0  # MIMIC
+    admissions_without_diagnoses: int = 0  # MIMIC, MEDS (admission events), OMOP (visit_occurrence rows)
+    other_events: int = 0  # MEDS events that are no diagnosis, OMOP conditions of other vocabularies
     dropped_visits: int = 0  # visits left with no known code
     dropped_patient_rows: int = 0  # code rows of the patients dropped for too few visits
     dropped_patients: int = 0  # fewer than min_visits visits
@@ -75,7 +76,7 @@ class DataReport:
             (self.duplicate_rows, "duplicates in a visit"),
             (self.not_kept_rows, "unknown code" if self.unknown_policy != "drop" else "code not exact"),
             (self.empty_code_rows, "empty code"),
-            (self.orphan_rows, "no admission row" if self.kind.startswith("mimic") else "no patient id"),
+            (self.orphan_rows, _ORPHAN_REASONS.get(self.kind, "no patient id")),
             (self.dropped_patient_rows, f"of patients with < {self.min_visits} visits"),
         ]
         detail = ", ".join(f"{n:,} {why}" for n, why in parts if n)
@@ -85,8 +86,14 @@ class DataReport:
                 f"{self.dropped_rows:,} of {self.input_rows:,}" + (f" ({detail})" if detail else ""),
             )
         )
-        if self.kind in ("mimic3", "mimic4"):
-            rows.append(("admissions without diagnoses", f"{self.admissions_without_diagnoses:,}"))
+        if self.kind in ("mimic3", "mimic4", "meds", "omop"):
+            label = "visits without conditions" if self.kind == "omop" else "admissions without diagnoses"
+            rows.append((label, f"{self.admissions_without_diagnoses:,}"))
+        if self.kind in ("meds", "omop") or self.other_events:
+            label = (
+                "other events (not diagnoses)" if self.kind != "omop" else "conditions of other vocabularies"
+            )
+            rows.append((label, f"{self.other_events:,}"))
         rows.extend(("note", note) for note in self.notes)
         return rows
 
@@ -96,6 +103,14 @@ class DataReport:
         data["codes_per_visit"] = round(self.codes_per_visit, 4)
         data["dropped_rows"] = self.dropped_rows
         return data
+
+
+_ORPHAN_REASONS = {
+    "mimic3": "no admission row",
+    "mimic4": "no admission row",
+    "meds": "no subject_id",
+    "omop": "no person (empty person_id or not in person)",
+}
 
 
 @dataclass
@@ -115,6 +130,9 @@ class VisitData:
     # float64 [V] time of each visit in seconds (epoch seconds for dates; a numeric time column
     # counts days); NaN where missing. None: the source has no times.
     visit_times: np.ndarray | None = None
+    # str [P] each patient's split label from the source (a MEDS dataset's
+    # metadata/subject_splits.parquet: train, tuning, held_out; "" = none). None: the source has none.
+    patient_splits: np.ndarray | None = None
 
     @property
     def num_patients(self) -> int:
@@ -156,8 +174,16 @@ class VisitData:
             notes=list(self.report.notes),
         )
         times = None if self.visit_times is None else self.visit_times[visit_index]
+        splits = None if self.patient_splits is None else self.patient_splits[chosen]
         return VisitData(
-            self.ontology, self.patient_ids[chosen], patient_offsets, visit_offsets, codes, report, times
+            self.ontology,
+            self.patient_ids[chosen],
+            patient_offsets,
+            visit_offsets,
+            codes,
+            report,
+            times,
+            splits,
         )
 
 

@@ -18,10 +18,12 @@ from hapnet.errors import HapnetError, InputError
 from hapnet.ontology.codes import normalize_code
 from hapnet.ontology.formats import parse_ccs_multilevel, parse_ontology_text, parse_parent_csv
 from hapnet.ontology.graph import Ontology
+from hapnet.ontology.meds_codes import CODES_FILE, MedsCodes, parse_meds_source, read_meds_ontology
 from hapnet.utils.cache import cache_dir
 from hapnet.utils.textio import atomic_path, decode_text, entry_exists, read_bytes
 
 CACHE_FORMAT = 2  # bump when the cached layout or a loader's output changes
+MEDS_FORMAT = 1  # bump when `meds:DIR` ontologies are read otherwise (hapnet.ontology.meds_codes)
 
 
 @dataclass(frozen=True)
@@ -250,23 +252,31 @@ def _cached(key: str, build: Callable[[], Ontology]) -> Ontology:
 
 
 # ----------------------------------------------------------------------------- entry point
-def load_ontology(source: str | Path = DEFAULT_ONTOLOGY, *, levels: int | None = None) -> Ontology:
-    """A built-in ontology by name (`icd9-ccs`, `icd9cm`, `icd10cm`, `icd10cm-ccsr`, `icd9-icd10`) or a file.
+def load_ontology(
+    source: str | Path = DEFAULT_ONTOLOGY, *, levels: int | None = None, code_pattern: str | None = None
+) -> Ontology:
+    """A built-in ontology by name (`icd9-ccs`, `icd9cm`, `icd10cm`, `icd10cm-ccsr`, `icd9-icd10`), a
+    MEDS dataset's codes (`meds:DIR`: DIR/metadata/codes.parquet) or a file.
 
     Files may be the CCS multi-level CSV or a `code,parent[,description]` CSV, `.csv` or
     `.csv.gz`. `levels=K` keeps only the lowest K levels (see `Ontology.truncate`).
+    `code_pattern` (`--code-pattern`) reads the diagnosis codes of a `meds:DIR` ontology as the
+    MEDS data loader does; other sources ignore it.
     """
     if isinstance(source, Ontology):
         return source.truncate(levels)
     text_source = str(source)
+    meds_folder = parse_meds_source(text_source)
     if text_source in BUILTINS:
         builtin = BUILTINS[text_source]
         ontology = _cached(f"{builtin.name}-{builtin.cache_key()}", builtin.build)
+    elif meds_folder is not None:
+        ontology = _load_meds_ontology(meds_folder, text_source, code_pattern)
     else:
         path = Path(text_source)
         if not entry_exists(path):  # else read_bytes says what is wrong (a folder, a link loop, ...)
             names = ", ".join(BUILTINS)
-            raise InputError(path, f"no such file, and not a built-in ontology ({names})")
+            raise InputError(path, f"no such file, and not a built-in ontology ({names}) or meds:DIR")
         raw = read_bytes(path)
         text = decode_text(raw, path)  # every time, cached or not: checks the data, warns on 8-bit or UTF-16
         name = path.name.split(".")[0]
@@ -278,3 +288,17 @@ def load_ontology(source: str | Path = DEFAULT_ONTOLOGY, *, levels: int | None =
         ontology = _cached(f"file-{_sha256(name.encode() + b'/' + raw)}", build)
         ontology.source = str(path)
     return ontology.truncate(levels)
+
+
+def _load_meds_ontology(folder: Path, source: str, code_pattern: str | None) -> Ontology:
+    """`meds:DIR`: the diagnosis codes of DIR/metadata/codes.parquet, cached by its content."""
+    if not entry_exists(folder):
+        raise InputError(source, f"no such folder (expected a MEDS dataset folder with {CODES_FILE})")
+    codes = MedsCodes.from_option(code_pattern)
+    path = folder / CODES_FILE
+    raw = read_bytes(path)  # one line for a missing, unreadable or folder-shaped file
+    name = f"meds:{folder.resolve().name or folder}"
+    key = f"{MEDS_FORMAT}\n{name}\n{code_pattern or ''}\n".encode() + raw
+    ontology = _cached(f"meds-{_sha256(key)}", lambda: read_meds_ontology(folder, name, source, codes))
+    ontology.source = source
+    return ontology

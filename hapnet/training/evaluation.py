@@ -1,6 +1,7 @@
-"""Scoring next-visit prediction: `evaluate_patients` (the loss and accuracy@k of a model on some
-patients, what every epoch reports) and `evaluate(run_dir, data=None, k=None)` (a saved run on its
-test split or on other data)."""
+"""Scoring next-visit prediction: `evaluate_patients` (the loss, accuracy@k, per-visit recall@k and
+weighted F1 of a model on some patients, what every epoch reports; with `full=True` also the AUCs)
+and `evaluate(run_dir, data=None, k=None)` (a saved run on its test split or on other data, with
+every score). The scores are defined in docs/algorithms.md."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from hapnet.errors import HapnetError
 from hapnet.models.losses import next_visit_loss
 from hapnet.models.predictor import DIAGNOSIS, NextVisitModel
 from hapnet.training.config import TrainConfig
-from hapnet.training.metrics import AccuracyAtK
+from hapnet.training.distributed import SINGLE, Process, merge_totals, shard
+from hapnet.training.metrics import AccuracyAtK, ScoreCollector, VisitScores
 from hapnet.training.runs import SPLIT, Run, data_fingerprint, load
 from hapnet.training.setup import batch_builder, training_data_path
 from hapnet.utils.arrays import range_owners
@@ -35,9 +37,15 @@ class Evaluation:
     loss: float
     accuracy: dict[str, Any]
     tasks: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # auxiliary tasks
+    scores: dict[str, float | int] = dataclasses.field(default_factory=dict)  # recall@k, F1, AUCs
 
     def as_dict(self) -> dict[str, Any]:
-        return {"loss": self.loss, **self.accuracy, **({"tasks": self.tasks} if self.tasks else {})}
+        return {
+            "loss": self.loss,
+            **self.accuracy,
+            **self.scores,
+            **({"tasks": self.tasks} if self.tasks else {}),
+        }
 
 
 @torch.no_grad()
@@ -48,13 +56,22 @@ def evaluate_patients(
     groups: np.ndarray,
     config: TrainConfig,
     device: torch.device,
+    full: bool = False,
+    process: Process = SINGLE,
 ) -> Evaluation:
-    """Loss (mean over patients) and accuracy@k of next-visit prediction for these patients;
-    for each auxiliary task of the model, its loss and accuracy@AUX_K."""
+    """Loss (mean over patients), accuracy@k, per-visit recall@10/20 and the weighted F1 of the
+    top-|y| codes of next-visit prediction for these patients; with `full`, also the micro and
+    macro PR-AUC and ROC-AUC (they keep every score: memory of visits x codes x 5 bytes). For
+    each auxiliary task of the model, its loss and accuracy@AUX_K. A rank of a distributed run
+    (`process`) scores its slice of the patients, and the counts of every rank are added up:
+    every rank gets the figures of one process scoring them all."""
     model.eval()
+    patients = shard(patients, process)
     g = model.code_embeddings()
     meters = {DIAGNOSIS: AccuracyAtK(config.k, groups)}
     meters.update({t.name: AccuracyAtK(AUX_K, np.zeros(t.num_categories, np.int64)) for t in builder.tasks})
+    visit_scores = VisitScores(len(groups))
+    collector = ScoreCollector() if full else None
     totals = dict.fromkeys(meters, 0.0)
     count = 0
     for start in range(0, len(patients), config.batch_size):
@@ -65,14 +82,33 @@ def evaluate_patients(
             totals[name] += (
                 next_visit_loss(logits[name], batch, config.loss, task).item() * batch.num_patients
             )
-            meter.update(logits[name], batch.targets(logits[name].shape[1], task))
+            targets = batch.targets(logits[name].shape[1], task)
+            meter.update(logits[name], targets)
+            if name == DIAGNOSIS:
+                visit_scores.update(logits[name], targets)
+                if collector is not None:
+                    collector.update(log_probabilities(logits[name], config.loss), targets)
         count += batch.num_patients
+    if process.distributed:
+        accumulators = [*meters.values(), visit_scores, *([collector] if collector is not None else [])]
+        totals, count = merge_totals(process, accumulators, totals, count)
     tasks = {
         name: {"loss": totals[name] / max(count, 1), f"accuracy@{AUX_K}": meter.result()["accuracy"]}
         for name, meter in meters.items()
         if name != DIAGNOSIS
     }
-    return Evaluation(totals[DIAGNOSIS] / max(count, 1), meters[DIAGNOSIS].result(), tasks)
+    scores = {**visit_scores.result(), **(collector.result() if collector is not None else {})}
+    return Evaluation(totals[DIAGNOSIS] / max(count, 1), meters[DIAGNOSIS].result(), tasks, scores)
+
+
+def log_probabilities(logits: torch.Tensor, loss: str) -> torch.Tensor:
+    """The model's next-visit log-probabilities, what the AUCs rank across visits (logits would
+    not do: their offset differs from visit to visit). Codes compete in a softmax, except under
+    the BCE loss, which trains each code's sigmoid on its own. Logs keep the tiny probabilities
+    of unlikely codes apart in float32."""
+    if loss == "bce":
+        return torch.nn.functional.logsigmoid(logits)
+    return torch.log_softmax(logits, dim=1)
 
 
 def restrict_to_codes(data: VisitData, code_to_class: np.ndarray) -> tuple[VisitData, int]:
@@ -100,6 +136,7 @@ def restrict_to_codes(data: VisitData, code_to_class: np.ndarray) -> tuple[Visit
         visit_offsets=np.concatenate([[0], np.cumsum(new_lengths[keep_visit])]).astype(np.int64),
         codes=data.codes[keep_code],
         visit_times=None if data.visit_times is None else data.visit_times[keep_visit],
+        patient_splits=None if data.patient_splits is None else data.patient_splits[keep_patient],
     )
     return restricted, int((~keep_code).sum())
 
@@ -107,7 +144,8 @@ def restrict_to_codes(data: VisitData, code_to_class: np.ndarray) -> tuple[Visit
 def evaluate(
     run: Run | str | Path, data: str | Path | None = None, k: int | None = None, device: str = "auto"
 ) -> dict[str, Any]:
-    """Accuracy@k (overall, by frequency group) and loss of a saved run (`Run` or its folder).
+    """Every score of a saved run (`Run` or its folder): accuracy@k (overall, by frequency group),
+    loss, per-visit recall@10/20, weighted F1, micro and macro PR-AUC and ROC-AUC.
 
     Without `data`: the run's own test split (the patients of its split.csv), on the data it
     trained on; refused if that data changed since (its fingerprint differs). With `data`: every
@@ -128,7 +166,13 @@ def evaluate(
         visits, patients = _test_split(run)
         scope = "test split of the training data"
     else:
-        visits = load_visits(data, run.ontology, columns=config.columns, unknown=config.unknown)
+        visits = load_visits(
+            data,
+            run.ontology,
+            columns=config.columns,
+            unknown=config.unknown,
+            code_pattern=config.code_pattern,
+        )
         if run.data_fingerprint is not None and data_fingerprint(visits) == run.data_fingerprint:
             warnings.warn(
                 f"{data} is the data run {run.path} trained on: these scores include its training "
@@ -141,7 +185,7 @@ def evaluate(
     if len(patients) == 0:
         raise HapnetError(f"{data or run.path}: no patient with 2+ visits of codes this run knows")
     builder = batch_builder(config, visits, vocab)
-    result = evaluate_patients(run.model, builder, patients, groups, config, torch_device)
+    result = evaluate_patients(run.model, builder, patients, groups, config, torch_device, full=True)
     return {
         "run": str(run.path),
         "model": config.model,
@@ -161,7 +205,10 @@ def _test_split(run: Run) -> tuple[VisitData, np.ndarray]:
     edited or removed), re-splitting it would score other patients, silently.
     """
     path = training_data_path(run.config)
-    visits = load_visits(path, run.ontology, columns=run.config.columns, unknown=run.config.unknown)
+    config = run.config
+    visits = load_visits(
+        path, run.ontology, columns=config.columns, unknown=config.unknown, code_pattern=config.code_pattern
+    )
     now = data_fingerprint(visits)
     if run.data_fingerprint is not None and now != run.data_fingerprint:
         raise HapnetError(

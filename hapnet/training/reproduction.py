@@ -3,7 +3,9 @@
 Each configuration is one seed sweep (`hapnet.training.seeds.train_seeds`) in OUT/<key>/, so finished
 seeds are never trained again and an interrupted run resumes where it stopped. The table (mean ±
 std per frequency group and overall) goes to OUT/reproduce.md and OUT/reproduce.json, beside the
-published numbers (docs/algorithms.md, HAP paper Table 3).
+published numbers (docs/algorithms.md, HAP paper Table 3); a second table holds the scores the HAP
+paper does not report (per-visit recall@10/20, weighted F1, PR-AUC and ROC-AUC; `seeds.scores_table`),
+and each configuration's `summary` in reproduce.json carries them.
 """
 
 from __future__ import annotations

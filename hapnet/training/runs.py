@@ -40,7 +40,7 @@ from hapnet.models.predictor import NextVisitModel
 from hapnet.ontology.builtins import DEFAULT_ONTOLOGY, load_ontology, read_cached_ontology, save_ontology
 from hapnet.ontology.graph import Ontology
 from hapnet.training.config import TrainConfig
-from hapnet.training.metrics import NUM_GROUPS
+from hapnet.training.metrics import AUC_CODES, NUM_GROUPS, SCORE_LABELS
 from hapnet.training.setup import build_model
 from hapnet.utils.paths import check_output_location
 from hapnet.utils.textio import atomic_path
@@ -344,6 +344,9 @@ def _metrics_problem(metrics: Any) -> str | None:
         return f"`test.accuracy_by_group` is not {NUM_GROUPS} numbers"
     if not _is_number(test.get("accuracy")):
         return "`test.accuracy` is not a number"
+    for key in (*SCORE_LABELS, AUC_CODES):  # optional: runs before issue #21 lack them
+        if key in test and not _is_number(test[key]):
+            return f"`test.{key}` is not a number"
     tasks = test.get("tasks", {})
     if not isinstance(tasks, dict) or not all(
         isinstance(scores, dict) and all(map(_is_number, scores.values())) for scores in tasks.values()

@@ -14,7 +14,7 @@ import numpy as np
 
 from hapnet.errors import HapnetError, InputError, error_summary
 from hapnet.training.config import TrainConfig, differing_settings
-from hapnet.training.metrics import NUM_GROUPS
+from hapnet.training.metrics import NUM_GROUPS, SCORE_LABELS
 from hapnet.training.naming import GROUP_LABELS, run_label
 from hapnet.training.runs import (
     CONFIG,
@@ -85,7 +85,9 @@ def mean_std(values: list[float]) -> dict[str, float]:
 
 def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean ± std (sample std, ddof=1) of test accuracy per frequency group and overall, of the
-    best epoch, and of every auxiliary task's scores."""
+    per-visit recall@k, weighted F1 and AUCs, of the best epoch, and of every auxiliary task's
+    scores. A score that some run lacks (a run from before it existed) is left out: a mean over
+    some of the seeds would not compare with the others."""
     tasks_of = [
         {name: sorted(scores) for name, scores in m["test"].get("tasks", {}).items()} for m in metrics
     ]
@@ -101,19 +103,28 @@ def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
         "k": metrics[0]["k"],
         "accuracy_by_group": by_group,
         "accuracy": mean_std([m["test"]["accuracy"] for m in metrics]),
+        **{
+            key: mean_std([m["test"][key] for m in metrics])
+            for key in SCORE_LABELS
+            if all(key in m["test"] for m in metrics)
+        },
         "best_epoch": mean_std([m["best_epoch"] for m in metrics]),
         **({"tasks": tasks} if tasks else {}),
     }
 
 
 def format_cell(stat: dict[str, float]) -> str:
+    """`mean ± std` with 4 decimals; – for a score undefined in some run (its mean is NaN)."""
+    if stat["mean"] != stat["mean"]:  # NaN is the only value unequal to itself
+        return "–"
     return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
 
 def markdown_table(
     rows: list[tuple[str, dict[str, Any]]], published: dict[str, list[float]] | None = None
 ) -> str:
-    """The paper's layout: one row per configuration, accuracy@k per group, then overall."""
+    """The paper's layout: one row per configuration, accuracy@k per group, then overall (and the
+    published rows); then a second table of the other scores (`scores_table`)."""
     k = rows[0][1]["k"] if rows else 20
     header = f"| model | {' | '.join(GROUP_LABELS)} | accuracy@{k} |"
     lines = [header, "|---" * (NUM_GROUPS + 2) + "|"]
@@ -128,7 +139,29 @@ def markdown_table(
         lines.append("|---" * (NUM_GROUPS + 2) + "|")
         for name, values in published.items():
             lines.append(f"| {name} | {' | '.join(f'{v:.4f}' for v in values)} |")
+    scores = scores_table(rows)
+    if scores:
+        lines += ["", *scores]
     return "\n".join(lines) + "\n"
+
+
+def scores_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Per-visit recall@k, weighted F1 and the AUCs, mean ± std, one row per configuration: the
+    lines of a markdown table (none when no summary has any of them); – where a row lacks one."""
+    keys = [key for key in SCORE_LABELS if any(key in summary for _, summary in rows)]
+    if not keys:
+        return []
+    lines = [
+        "Test, mean ± std: recall@k per visit, weighted F1 of the top-|y| codes, PR-AUC and ROC-AUC "
+        "(docs/algorithms.md):",
+        "",
+        f"| model | {' | '.join(SCORE_LABELS[key] for key in keys)} |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
+    for name, summary in rows:
+        cells = [format_cell(summary[key]) if key in summary else "–" for key in keys]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return lines
 
 
 @dataclass

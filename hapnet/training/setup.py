@@ -30,7 +30,7 @@ from hapnet.utils.textio import atomic_path
 
 
 def load_training_data(config: TrainConfig) -> tuple[Ontology, VisitData]:
-    ontology = load_ontology(config.ontology)
+    ontology = load_ontology(config.ontology, code_pattern=config.code_pattern)  # meds:DIR reads it too
     if config.levels is not None and config.levels > ontology.depth + 1:
         # truncate() would keep everything: a run named hap-lv99 that truncated nothing
         raise HapnetError(
@@ -38,7 +38,9 @@ def load_training_data(config: TrainConfig) -> tuple[Ontology, VisitData]:
             f"so at most {ontology.depth + 1} (the full hierarchy)"
         )
     path = training_data_path(config)
-    data = load_visits(path, ontology, columns=config.columns, unknown=config.unknown)
+    data = load_visits(
+        path, ontology, columns=config.columns, unknown=config.unknown, code_pattern=config.code_pattern
+    )
     if len(data.patient_ids) < 10:
         raise HapnetError(
             f"{path}: only {len(data.patient_ids)} patients with 2+ visits; at least 10 are needed to split"

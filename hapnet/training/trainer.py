@@ -17,12 +17,23 @@ import numpy as np
 import torch
 
 from hapnet.data.batches import BatchBuilder
-from hapnet.data.splits import Split, split_patients, target_counts
+from hapnet.data.splits import Split, dataset_split, target_counts
 from hapnet.data.visits import VisitData
 from hapnet.data.vocabulary import Vocabulary
 from hapnet.errors import HapnetError
 from hapnet.models.predictor import NextVisitModel
 from hapnet.training.config import TrainConfig, make_config
+from hapnet.training.distributed import (
+    SINGLE,
+    DistributedStep,
+    Process,
+    broadcast_module,
+    check_same,
+    epoch_seed,
+    from_main,
+    joined,
+    shard,
+)
 from hapnet.training.evaluation import Evaluation, evaluate_patients
 from hapnet.training.metrics import frequency_groups
 from hapnet.training.naming import group_names
@@ -31,7 +42,6 @@ from hapnet.training.progress import EpochProgress, TrainCallbacks
 from hapnet.training.runs import RunWriter, data_fingerprint, rng_states, set_rng_states
 from hapnet.training.setup import batch_builder, build_model, glove_init, load_training_data
 from hapnet.training.step import TrainingStep
-from hapnet.utils.device import resolve_device
 
 
 @dataclass
@@ -80,8 +90,11 @@ def train(
             f"train: give settings in the TrainConfig or as keywords, not both ({', '.join(settings)})"
         )
     config.validate()
-    writer = RunWriter.start(out, config, force=force) if out is not None else None
-    return _run(config, writer, _callbacks(callbacks, quiet), None)
+    with joined() as process:  # a distributed run under torchrun (docs/scaling.md), else one process
+        writer = None  # rank 0 alone writes the run folder
+        if out is not None:
+            writer = from_main(process, lambda: RunWriter.start(out, config, force=force), share=False)
+        return _run(config, writer, _callbacks(callbacks, quiet, process), None, process)
 
 
 def resume(
@@ -92,13 +105,18 @@ def resume(
     `run_dir` is the run's final name or its `.NAME.partial` folder. The run continues with its
     saved configuration and ends with exactly the metrics an uninterrupted run gets.
     """
-    writer = RunWriter.reopen(run_dir, force=force)
-    config = writer.saved_config().validate()
-    state = writer.load_resume_state()
-    return _run(config, writer, _callbacks(callbacks, quiet), state)
+    with joined() as process:  # rank 0 reads the run folder; every rank restores the same state
+        writer = from_main(process, lambda: RunWriter.reopen(run_dir, force=force), share=False)
+        config, state = from_main(
+            process,
+            lambda: (writer.saved_config().validate(), writer.load_resume_state()),  # type: ignore[union-attr]
+        )  # type: ignore[misc]
+        return _run(config, writer, _callbacks(callbacks, quiet, process), state, process)
 
 
-def _callbacks(callbacks: TrainCallbacks | None, quiet: bool) -> TrainCallbacks:
+def _callbacks(callbacks: TrainCallbacks | None, quiet: bool, process: Process = SINGLE) -> TrainCallbacks:
+    if not process.is_main:  # rank 0 alone shows progress
+        return TrainCallbacks()
     if callbacks is not None:
         return callbacks
     return TrainCallbacks() if quiet else EpochProgress()
@@ -108,7 +126,11 @@ _resume_run = resume  # `train`'s parameter `resume` hides the function
 
 
 def _run(
-    config: TrainConfig, writer: RunWriter | None, callbacks: TrainCallbacks, state: dict[str, Any] | None
+    config: TrainConfig,
+    writer: RunWriter | None,
+    callbacks: TrainCallbacks,
+    state: dict[str, Any] | None,
+    process: Process = SINGLE,
 ) -> TrainResult:
     """`_fit` inside the run folder's life cycle: renamed into place when complete.
 
@@ -116,7 +138,7 @@ def _run(
     so that the run can be inspected and resumed.
     """
     try:
-        result = _fit(config, callbacks, writer, state)
+        result = _fit(config, callbacks, writer, state, process)
         if writer is not None:
             result.run_dir = writer.finish()
         return result
@@ -142,6 +164,7 @@ class _Session:
     builder: BatchBuilder
     step: TrainingStep
     fingerprint: str
+    process: Process = SINGLE  # this rank of a distributed run
 
 
 @dataclass
@@ -157,28 +180,37 @@ class _Progress:
 
 
 def _prepare(
-    config: TrainConfig, writer: RunWriter | None, fresh: bool, callbacks: TrainCallbacks
+    config: TrainConfig,
+    writer: RunWriter | None,
+    fresh: bool,
+    callbacks: TrainCallbacks,
+    process: Process = SINGLE,
 ) -> _Session:
-    """Data, split, vocabulary, model (GloVe-initialised for a fresh run) and optimiser."""
+    """Data, split, vocabulary, model (GloVe-initialised for a fresh run) and optimiser.
+
+    In a distributed run every rank loads the data (they must be the same: checked by their
+    fingerprints) and builds the same model; rank 0's weights (its GloVe) are broadcast."""
     torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
+    device = process.device(config.device)
     ontology, data = load_training_data(config)
     fingerprint = data_fingerprint(data)
+    check_same(process, fingerprint, "data fingerprints")
     if writer is not None and fresh:
         writer.save_data_fingerprint(fingerprint)
-    elif writer is not None:  # other data would continue with another split and vocabulary
-        writer.check_data_fingerprint(fingerprint)
-    split = split_patients(len(data.patient_ids), config.seed)
+    elif not fresh:  # other data would continue with another split and vocabulary
+        from_main(process, lambda: writer.check_data_fingerprint(fingerprint), share=False)  # type: ignore[union-attr]
+    split = dataset_split(data, config.split, config.seed)
     vocab = Vocabulary.from_nodes(np.unique(data.codes), len(ontology))
     counts = target_counts(data, split.train, vocab.code_to_class, len(vocab))
     groups = frequency_groups(counts)
-    if fresh:
+    if fresh and process.is_main:
         warn_small_valid_split(data, split, vocab, groups)
     callbacks.on_data(data, split, vocab)
     model = build_model(config, ontology, vocab)
-    if config.pretrain == "glove" and fresh:  # a resumed run loads its trained weights
+    if config.pretrain == "glove" and fresh and process.is_main:  # a resumed run loads its trained weights
         glove_init(model, config, data, split.train)
     model.to(device)
+    broadcast_module(model, process)  # every rank starts from rank 0's weights
     optimizer = make_optimizer(config, model)
     if writer is not None and fresh:
         writer.save_vocabulary(ontology, vocab, counts, groups)
@@ -193,13 +225,20 @@ def _prepare(
         model=model,
         optimizer=optimizer,
         builder=batch_builder(config, data, vocab),
-        step=TrainingStep(model, optimizer, config.loss, compile=config.compile),
+        step=(
+            DistributedStep(model, optimizer, config.loss, process, compile=config.compile)
+            if process.distributed
+            else TrainingStep(model, optimizer, config.loss, compile=config.compile)
+        ),
         fingerprint=fingerprint,
+        process=process,
     )
 
 
-def _restore(session: _Session, state: dict[str, Any], writer: RunWriter) -> _Progress:
-    """Model, optimiser, RNG states and progress from a resume checkpoint."""
+def _restore(session: _Session, state: dict[str, Any], writer: RunWriter | None) -> _Progress:
+    """Model, optimiser, RNG states and progress from a resume checkpoint (every rank of a
+    distributed run gets rank 0's; `writer` is rank 0's alone)."""
+    where = writer.work if writer is not None else "the resume checkpoint"
     try:
         session.model.load_state_dict(state["model"])
         session.optimizer.load_state_dict(state["optimizer"])
@@ -207,10 +246,19 @@ def _restore(session: _Session, state: dict[str, Any], writer: RunWriter) -> _Pr
         epoch = int(state["epoch"])
         set_rng_states(state["rng"])
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise HapnetError(f"{writer.work}: the checkpoint does not match this run's model ({exc})") from None
+        raise HapnetError(f"{where}: the checkpoint does not match this run's model ({exc})") from None
     if len(progress.history) != epoch or progress.best.get("epoch") is None:
-        raise HapnetError(f"{writer.work}: inconsistent checkpoint (epoch {epoch})")
-    writer.save_history(progress.history)  # a kill may have come between the checkpoint and history.csv
+        raise HapnetError(f"{where}: inconsistent checkpoint (epoch {epoch})")
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != session.process.world_size and session.process.is_main:
+        warnings.warn(
+            f"this run trained its first {epoch} epoch(s) on {saved_world} process(es) and continues on "
+            f"{session.process.world_size}: its dropout masks differ from an uninterrupted run's "
+            "(resume with the same number of processes to get the same metrics)",
+            stacklevel=4,
+        )
+    if writer is not None:  # a kill may have come between the checkpoint and history.csv
+        writer.save_history(progress.history)
     return progress
 
 
@@ -218,27 +266,45 @@ def _train_epoch(
     session: _Session, epoch: int, callbacks: TrainCallbacks, writer: RunWriter | None
 ) -> tuple[float, float]:
     """One pass over the training patients in this epoch's order: (mean loss per patient, seconds)."""
-    config = session.config
+    config, process = session.config, session.process
     session.model.train()
+    if process.distributed:  # dropout masks of (seed, rank, epoch): the same run, resumed or not
+        torch.manual_seed(epoch_seed(config.seed, process.rank, epoch))
     order = np.random.default_rng([config.seed, epoch]).permutation(session.split.train)
     batches = range(0, len(order), config.batch_size)
     callbacks.on_epoch_start(epoch, len(batches))
     started = time.perf_counter()
     total, seen = 0.0, 0
     for index, start in enumerate(batches):
-        batch = session.builder.build(order[start : start + config.batch_size]).to(session.device)
-        loss = session.step(batch)
+        patients = order[start : start + config.batch_size]
+        loss = _step(session, patients)
         if not torch.isfinite(loss):
             raise _diverged(loss.item(), epoch, index + 1, writer)
-        total += loss.item() * batch.num_patients
-        seen += batch.num_patients
+        total += loss.item() * len(patients)
+        seen += len(patients)
         callbacks.on_batch(epoch, index, loss.item())
     return total / max(seen, 1), time.perf_counter() - started
 
 
+def _step(session: _Session, patients: np.ndarray) -> torch.Tensor:
+    """One training step on a batch of patients: the batch's mean diagnosis loss. A rank of a
+    distributed run computes its slice of the batch, weighted by the slice's share of patients."""
+    if not session.process.distributed:
+        return session.step(session.builder.build(patients).to(session.device))
+    mine = shard(patients, session.process)
+    batch = session.builder.build(mine).to(session.device) if len(mine) else None
+    return session.step(batch, len(mine) / len(patients))  # type: ignore[call-arg]
+
+
 def _evaluate(session: _Session, patients: np.ndarray) -> Evaluation:
     return evaluate_patients(
-        session.model, session.builder, patients, session.groups, session.config, session.device
+        session.model,
+        session.builder,
+        patients,
+        session.groups,
+        session.config,
+        session.device,
+        process=session.process,  # each rank scores its slice, the counts are summed
     )
 
 
@@ -252,6 +318,7 @@ def _checkpoint(session: _Session, progress: _Progress, writer: RunWriter) -> No
             "rng": rng_states(),
             "history": progress.history,
             "best": progress.best,
+            "world_size": session.process.world_size,  # dropout masks depend on it (epoch_seed)
         }
     )
     writer.save_history(progress.history)
@@ -262,8 +329,9 @@ def _fit(
     callbacks: TrainCallbacks,
     writer: RunWriter | None,
     state: dict[str, Any] | None = None,
+    process: Process = SINGLE,
 ) -> TrainResult:
-    session = _prepare(config, writer, state is None, callbacks)
+    session = _prepare(config, writer, state is None, callbacks, process)
     progress = _Progress() if state is None else _restore(session, state, writer)  # type: ignore[arg-type]
     for epoch in range(progress.next_epoch, config.epochs + 1):
         if _patience_ran_out(config, progress):
@@ -345,7 +413,26 @@ def _task_weights(model: NextVisitModel) -> dict[str, float]:
 
 
 def _final_metrics(session: _Session, progress: _Progress) -> dict[str, Any]:
+    """metrics.json: every score of the best epoch's state (which the model holds again).
+
+    The AUCs need every visit's scores, too costly each epoch: the best state is evaluated once more
+    on valid and test with all scores (`full`). That pass repeats the epoch's own evaluation, so its
+    accuracy and loss are exactly the ones history.csv recorded for that epoch (a test holds them).
+    """
     config, best, split = session.config, progress.best, session.split
+
+    def full(patients: np.ndarray) -> dict[str, Any]:  # sharded over the ranks as every epoch's pass
+        return evaluate_patients(
+            session.model,
+            session.builder,
+            patients,
+            session.groups,
+            config,
+            session.device,
+            full=True,
+            process=session.process,
+        ).as_dict()
+
     return {
         "model": config.model,
         "levels": config.levels,
@@ -357,8 +444,8 @@ def _final_metrics(session: _Session, progress: _Progress) -> dict[str, Any]:
         "epochs_run": len(progress.history),
         "stopped_early": len(progress.history) < config.epochs,
         "train_seconds_per_epoch": [r["seconds"] for r in progress.history],
-        "test": best["test"],
-        "valid": best["valid"],
+        "test": full(split.test),
+        "valid": full(split.valid),
         "split": {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)},
         "codes": len(session.vocab),
         "device": str(session.device),

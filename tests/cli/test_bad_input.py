@@ -112,6 +112,34 @@ def mimic_duplicate_admission(t: Path) -> Path:
     return out
 
 
+def meds_data(t: Path, data: bytes | dict | None) -> Path:
+    """A MEDS folder whose data/0.parquet holds `data` (columns), bytes as they are, or nothing."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = folder(t / "meds")
+    folder(out / "data")
+    folder(out / "metadata")
+    if isinstance(data, bytes):
+        put(out / "data" / "0.parquet", data)
+    elif data is not None:
+        pq.write_table(pa.table(data), out / "data" / "0.parquet")
+    return out
+
+
+MEDS_EVENTS = {
+    "subject_id": [1, 1],
+    "time": [np.datetime64("2100-01-01", "us")] * 2,
+    "code": ["LAB//1", "LAB//2"],
+}
+
+
+def omop_data(t: Path, conditions: str) -> Path:
+    out = folder(t / "omop")
+    put(out / "condition_occurrence.csv", conditions)
+    return out
+
+
 def sweep_with_corrupt_metrics(t: Path, s: Shared) -> Path:
     """A finished one-seed sweep of the TINY settings whose seed-0/metrics.json is damaged."""
     out = folder(t / "sweep")
@@ -142,6 +170,14 @@ REPRODUCE = ["--epochs", "1", "--dim", "8", "--hidden", "8", "--attention-dim", 
 def train_on(s: Shared, data: Path | None = None, *more: object) -> list:
     """`hapnet train` with the tiny settings on `data` (default: the tiny visits) and `more`."""
     return ["train", "--data", data or s.data, "--ontology", s.ontology, *TINY, *more]
+
+
+TUNE = ["--epochs", "1", "--space", "tiny", "--trials", "1", "--device", "cpu"]
+
+
+def tune_on(s: Shared, *more: object) -> list:
+    """`hapnet tune` with one tiny trial on the tiny data and `more`."""
+    return ["tune", "--data", s.data, "--ontology", s.ontology, *TUNE, *more]
 
 
 # ----------------------------------------------------------------------------- the cases
@@ -211,6 +247,69 @@ CASES = [
         "hadm_id 142345 also on line 2 with another subject_id",
     ),
     case(
+        "train-data-meds-missing-column",
+        lambda t, s: train_on(
+            s, meds_data(t, {k: v for k, v in MEDS_EVENTS.items() if k != "code"}), "-o", t / "r"
+        ),
+        "0.parquet: not a MEDS data file: no column 'code'",
+    ),
+    case(
+        "train-data-meds-wrong-type",
+        lambda t, s: train_on(s, meds_data(t, {**MEDS_EVENTS, "subject_id": ["a", "b"]}), "-o", t / "r"),
+        "column 'subject_id' is string, MEDS needs int64",
+    ),
+    case(
+        "train-data-meds-no-diagnosis",
+        lambda t, s: train_on(s, meds_data(t, MEDS_EVENTS), "-o", t / "r"),
+        "no diagnosis event among its 2 events",
+    ),
+    case(
+        "train-data-meds-empty-folder",
+        lambda t, s: train_on(s, meds_data(t, None), "-o", t / "r"),
+        "no .parquet files: an empty MEDS dataset",
+    ),
+    case(
+        "train-data-meds-garbage-parquet",
+        lambda t, s: train_on(s, meds_data(t, GARBAGE), "-o", t / "r"),
+        "0.parquet: not a parquet file",
+    ),
+    case(
+        "train-data-omop-no-source-value",
+        lambda t, s: train_on(
+            s, omop_data(t, "person_id,condition_start_date\n1,2100-01-01\n"), "-o", t / "r"
+        ),
+        "no code column",
+    ),
+    case(
+        "train-code-pattern-not-a-regex",
+        lambda t, s: train_on(s, None, "--code-pattern", "DX//(", "-o", t / "r"),
+        "--code-pattern 'DX//(': not a regular expression",
+    ),
+    case(
+        "train-code-pattern-not-meds",
+        lambda t, s: train_on(s, None, "--code-pattern", "DX//(.+)", "-o", t / "r"),
+        "--code-pattern applies to MEDS datasets",
+    ),
+    case(
+        "train-ontology-meds-without-codes",
+        lambda t, s: [
+            "train",
+            "--data",
+            s.data,
+            "--ontology",
+            f"meds:{folder(t / 'm')}",
+            *TINY,
+            "-o",
+            t / "r",
+        ],
+        "metadata/codes.parquet: file not found",
+    ),
+    case(
+        "train-split-meds-without-labels",
+        lambda t, s: train_on(s, None, "--split", "meds", "-o", t / "r"),
+        "has no split labels",
+    ),
+    case(
         "train-out-under-a-file",
         lambda t, s: train_on(s, None, "-o", a_file(t) / "r"),
         "notes.txt is a file, not a folder",
@@ -278,6 +377,12 @@ CASES = [
         lambda t, s: train_on(s, None, "--seeds", "a-b"),
         "--seeds 'a-b'",
     ),
+    case("train-nproc-0", lambda t, s: train_on(s, None, "--nproc", "0", "-o", t / "r"), "--nproc must be"),
+    case(
+        "train-nproc-with-seeds",
+        lambda t, s: train_on(s, None, "--nproc", "2", "--seeds", "0-1", "-o", t / "r"),
+        "one --seed at a time",
+    ),
     case(
         "train-seeds-out-under-a-file",
         lambda t, s: [
@@ -336,6 +441,33 @@ CASES = [
     case("evaluate-k-0", lambda t, s: ["evaluate", s.run, "--k", "0"], "--k must be at least 1"),
     case("evaluate-bad-device", lambda t, s: ["evaluate", s.run, "--device", "gpu0"], "--device 'gpu0'"),
     case("evaluate-data-binary", lambda t, s: ["evaluate", s.run, "--data", put(t / "v.csv")], "binary data"),
+    # ---- tune
+    case("tune-timeout-garbage", lambda t, s: tune_on(s, "--timeout", "5x", "-o", t / "o"), "--timeout '5x'"),
+    case(
+        "tune-objective-unknown",
+        lambda t, s: tune_on(s, "--objective", "test_loss", "-o", t / "tune"),
+        "--objective 'test_loss'",
+    ),
+    case("tune-space-unknown", lambda t, s: tune_on(s, "--space", "huge", "-o", t / "o"), "--space 'huge'"),
+    case("tune-trials-zero", lambda t, s: tune_on(s, "--trials", "0", "-o", t / "tune"), "--trials"),
+    case("tune-out-under-a-file", lambda t, s: tune_on(s, "-o", a_file(t) / "tune"), "notes.txt/tune"),
+    case("tune-not-its-folder", lambda t, s: tune_on(s, "-o", a_file(t).parent), "not a hapnet tune folder"),
+    case(
+        "tune-storage-garbage",
+        lambda t, s: tune_on(s, "--storage", "nonsense", "-o", t / "tune"),
+        "--storage nonsense",
+    ),
+    case(
+        "tune-storage-no-folder",
+        lambda t, s: tune_on(s, "--storage", f"sqlite:///{t}/nowhere/s.db", "-o", t / "tune"),
+        "no such folder",
+    ),
+    case(
+        "tune-data-missing",
+        lambda t, s: ["tune", "--data", t / "nope.csv", "--ontology", s.ontology, *TUNE, "-o", t / "tune"],
+        "nope.csv",
+    ),
+    case("tune-config-typo", lambda t, s: tune_on(s, "--config", put(t / "c.toml", "epoch = 1")), "'epoch'"),
     # ---- models
     case("models-unknown-option", lambda t, s: ["models", "--bogus"], "--bogus"),
     # ---- synth
@@ -397,6 +529,16 @@ CASES = [
             put(t / "v.csv", "patient,visit,code\np1,v1,A11\n".encode("utf-16") + b"x"),
         ],
         "not valid UTF-16",
+    ),
+    case(
+        "data-stats-omop-tab-separated",
+        lambda t, s: ["data-stats", omop_data(t, "person_id\tcondition_source_value\n1\t4019\n")],
+        "tab-separated",
+    ),
+    case(
+        "data-stats-meds-garbage-parquet",
+        lambda t, s: ["data-stats", meds_data(t, GARBAGE)],
+        "0.parquet: not a parquet file",
     ),
     case(
         "data-stats-mimic-duplicate-hadm-id",

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from hapnet.training.metrics import AccuracyAtK, frequency_groups
@@ -63,3 +64,39 @@ def test_parse_seeds_and_summary_table():
     assert abs(mean_std([0.2, 0.4])["std"] - math.sqrt(0.02)) < 1e-12
     table = markdown_table([("hap", summary)])
     assert "| hap | 0.3000 ± 0.1414" in table
+
+
+def run_metrics(seed: int, score: float | None) -> dict:
+    """A run's metrics.json; with `score`, the scores of issue #21 too (None: a run from before)."""
+    test = {"accuracy": 0.3, "accuracy_by_group": [0.3] * 4}
+    if score is not None:
+        test.update({"recall@10": score, "recall@20": 2 * score, "weighted_f1": score / 2})
+        test.update({"pr_auc_micro": score, "pr_auc_macro": float("nan"), "roc_auc_micro": 0.75})
+        test.update({"roc_auc_macro": 0.5 + score, "auc_macro_codes": 9})
+    return {"seed": seed, "k": 20, "best_epoch": 1, "test": test}
+
+
+def test_summary_and_tables_carry_the_other_scores():
+    summary = summarize([run_metrics(0, 0.2), run_metrics(1, 0.4)])
+    assert summary["recall@10"]["mean"] == pytest.approx(0.3)
+    assert summary["recall@20"]["mean"] == pytest.approx(0.6)
+    assert summary["weighted_f1"]["std"] == pytest.approx(math.sqrt(0.02) / 2)
+    assert summary["roc_auc_micro"] == {"mean": 0.75, "std": 0.0}
+    assert math.isnan(summary["pr_auc_macro"]["mean"])  # undefined in the runs: undefined here
+    assert "auc_macro_codes" not in summary  # a count, not a score
+    table = markdown_table([("hap", summary)])
+    paper, scores = table.split("\n\n", 1)
+    assert paper.splitlines()[0] == "| model | 0-25 | 25-50 | 50-75 | 75-100 | accuracy@20 |"  # unchanged
+    header = "| model | recall@10 | recall@20 | weighted F1 | PR-AUC micro | PR-AUC macro | ROC-AUC micro |"
+    assert header + " ROC-AUC macro |" in scores
+    assert "| hap | 0.3000 ± 0.1414 | 0.6000 ± 0.2828 | 0.1500 ± 0.0707 | 0.3000 ± 0.1414 | – |" in scores
+
+
+def test_runs_from_before_the_other_scores_summarise_with_dashes():
+    old = summarize([run_metrics(0, None), run_metrics(1, None)])
+    assert "recall@10" not in old and old["accuracy"]["mean"] == pytest.approx(0.3)
+    assert "\n\n" not in markdown_table([("rnn", old)])  # the paper's table alone, as before
+    mixed = summarize([run_metrics(0, 0.2), run_metrics(1, None)])
+    assert "recall@10" not in mixed  # a mean over some of the seeds would mislead
+    table = markdown_table([("hap", summarize([run_metrics(0, 0.2)])), ("rnn", old)])
+    assert "| rnn | – | – | – | – | – | – | – |" in table
