@@ -42,7 +42,7 @@ from hapnet.ontology.graph import Ontology
 from hapnet.training.config import TrainConfig
 from hapnet.training.metrics import AUC_CODES, NUM_GROUPS, SCORE_LABELS
 from hapnet.training.setup import build_model
-from hapnet.utils.paths import check_output_location
+from hapnet.utils.paths import check_output_location, first_missing
 from hapnet.utils.textio import atomic_path
 
 CONFIG, METRICS, HISTORY, VOCAB, CHECKPOINT, EMBEDDINGS = (
@@ -120,10 +120,10 @@ class RunWriter:
             )
         if work.exists():  # a run killed before its first checkpoint: nothing to keep
             shutil.rmtree(work)
-        missing = [folder for folder in target.absolute().parents if not folder.exists()]
+        created = first_missing(target.absolute().parent)
         work.mkdir(parents=True)
         write_json(work / CONFIG, {**config.to_dict(), "versions": versions()})
-        return cls(target, work, force, missing[-1] if missing else None)
+        return cls(target, work, force, created)
 
     def save_vocabulary(self, ontology: Ontology, vocab: Any, counts: np.ndarray, groups: np.ndarray) -> None:
         frame = pd.DataFrame(

@@ -29,7 +29,7 @@ from hapnet.training.runs import (
 )
 from hapnet.training.setup import load_training_data
 from hapnet.training.trainer import resume, train
-from hapnet.utils.paths import check_output_location
+from hapnet.utils.paths import check_output_location, first_missing
 from hapnet.utils.textio import atomic_path
 
 MAX_SEEDS = 10_000  # a sweep larger than this is a typo (0-10000000 would fill the memory first)
@@ -207,16 +207,6 @@ def check_sweep_settings(out: Path, config: TrainConfig) -> None:
         )
 
 
-def _first_missing(path: Path) -> Path | None:
-    """The outermost folder of `path` that does not exist yet (what creating `path` creates)."""
-    missing = None
-    for folder in (path, *path.parents):
-        if folder.exists() or folder.is_symlink():
-            break
-        missing = folder
-    return missing
-
-
 def train_seeds(
     config: TrainConfig,
     seeds: str | Sequence[int],
@@ -240,7 +230,7 @@ def train_seeds(
     if not force:
         check_sweep_settings(out, config)
     finished = {} if force else _finished_seeds(config, seeds, out)  # refused before writing
-    created = _first_missing(out)
+    created = first_missing(out)
     out.mkdir(parents=True, exist_ok=True)
     try:
         write_json(manifest, {"config": config.to_dict(), "seeds": seeds})

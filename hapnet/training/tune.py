@@ -37,7 +37,7 @@ from hapnet.training.config import (
     parse_levels,
 )
 from hapnet.training.progress import TrainCallbacks, format_score
-from hapnet.utils.paths import check_output_location
+from hapnet.utils.paths import check_output_location, first_missing
 
 if TYPE_CHECKING:
     import optuna
@@ -417,7 +417,7 @@ def tune(
     }
     del data, ontology
 
-    created = _first_missing(out) if out is not None else None
+    created = first_missing(out) if out is not None else None
     if out is not None:
         _clear_old_outputs(out, force, storage)
         out.mkdir(parents=True, exist_ok=True)
@@ -513,15 +513,6 @@ def _clear_old_outputs(out: Path, force: bool, storage: str | None) -> None:
         path = out / name
         if path.is_file() and (name != STUDY_FILE or storage is None):
             path.unlink()
-
-
-def _first_missing(path: Path) -> Path | None:
-    missing = None
-    for folder in (path, *path.parents):
-        if folder.exists() or folder.is_symlink():
-            break
-        missing = folder
-    return missing
 
 
 def _storage_url(storage: str | None, out: Path | None) -> str | None:

@@ -52,6 +52,17 @@ def check_output_location(
     return path
 
 
+def first_missing(path: str | Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet: what creating `path` creates, and
+    what a failed command removes again (None when `path` exists)."""
+    missing = None
+    for folder in (Path(path), *Path(path).parents):
+        if _exists(folder):
+            break
+        missing = folder
+    return missing
+
+
 def _shown(parent: Path, path: Path) -> str:
     """`parent` as the user wrote it: relative when `path` was given relative."""
     if path.is_absolute():
