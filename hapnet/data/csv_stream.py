@@ -304,7 +304,7 @@ class _Column:
         self._rows += len(values)
 
     def _encode_pending(self) -> None:
-        if self._pending:
+        if self._pending_rows:  # a rank's shard may keep no row of a block
             encoded = pa.chunked_array(self._pending, pa.string()).dictionary_encode()
             indices = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in encoded.chunks])
             self._parts.append((indices, encoded.chunk(0).dictionary))
@@ -344,6 +344,13 @@ class _Column:
         remap = pc.index_in(values, value_set=distinct).to_numpy(zero_copy_only=False).astype(np.int64)
         return np.asarray(distinct.to_numpy(zero_copy_only=False), dtype=str), remap[ids]
 
+    def integers(self) -> np.ndarray:
+        """The values of an integer column (row numbers), in row order. Consumes the column."""
+        if self._kind not in ("int", ""):  # pragma: no cover - only row numbers are read so
+            raise AssertionError("not an integer column")
+        parts = self._take_parts()
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
     def times(self, source: Path | str, first_line: int) -> np.ndarray:
         """Row times as float epoch seconds (numbers count days); NaN = missing. Consumes the column."""
         if self._kind == "time":
@@ -362,14 +369,25 @@ def stream_columns(
     wanted: dict[str, int],
     typed: Sequence[str] = (),
     transform: Callable[[dict[str, pa.Array]], dict[str, pa.Array]] | None = None,
+    keep: Callable[[dict[str, pa.Array]], np.ndarray] | None = None,
 ) -> dict[str, _Column]:
-    """Read the wanted columns (role -> index) of a whole file; roles in `typed` may parse natively."""
+    """Read the wanted columns (role -> index) of a whole file; roles in `typed` may parse natively.
+
+    With `keep` (a block's columns -> which rows to keep: a rank's patients), only those rows are
+    kept, and role "row" holds each kept row's number in the file (0 = the first data row)."""
     types = {role: csv_file.sniff_type(wanted[role], time=role == "time") for role in typed if role in wanted}
     for _attempt in range(5):  # at most: strings instead of types, then UTF-8 -> cp1252 -> latin-1
         columns: dict[str, _Column] = {}
+        scanned = 0
         try:
             for batch in csv_file.batches(wanted, types):
-                for role, values in (transform(batch) if transform else batch).items():
+                block = transform(batch) if transform else batch
+                if keep is not None:
+                    mine = keep(block)
+                    block = {role: values.filter(pa.array(mine)) for role, values in block.items()}
+                    block["row"] = pa.array(np.flatnonzero(mine) + scanned, pa.int64())
+                scanned += len(next(iter(batch.values())))
+                for role, values in block.items():
                     columns.setdefault(role, _Column()).add(values)
         except _Retry as retry:
             if retry.encoding:
@@ -379,7 +397,7 @@ def stream_columns(
             else:
                 types = {}
             continue
-        if not columns or len(next(iter(columns.values()))) == 0:
+        if scanned == 0:
             raise InputError(csv_file.path, "header only, no data rows")
         if csv_file.encoding != "utf8":
             warn_encoding(csv_file.path, csv_file.encoding_name, stacklevel=3)

@@ -27,6 +27,7 @@ from hapnet.data.long_csv import read_long_csv, rows_from_frame
 from hapnet.data.meds import is_meds_folder, read_meds
 from hapnet.data.mimic import find_mimic, read_mimic
 from hapnet.data.omop import find_omop, read_omop
+from hapnet.data.sharding import PatientShard
 from hapnet.data.table import DEFAULT_UNKNOWN, UNKNOWN_POLICIES, LongTable, assemble
 from hapnet.data.visits import VisitData
 from hapnet.errors import HapnetError, InputError
@@ -53,13 +54,50 @@ def load_visits(
     `code_pattern` (MEDS only): a regular expression whose group 1 is the diagnosis code, for codes
     of other forms than ICD9CM//428.0, ICD10CM//I50.9 or DIAGNOSIS//ICD//9//4280.
     """
+    rows = _read(path, ontology, columns, unknown, min_visits, code_pattern, None)
+    return assemble(rows, ontology, unknown, min_visits)
+
+
+def load_shard(
+    path: str | Path | None,
+    ontology: Ontology,
+    shard: PatientShard,
+    *,
+    columns: dict[str, str] | None = None,
+    unknown: str = DEFAULT_UNKNOWN,
+    min_visits: int = 2,
+    code_pattern: str | None = None,
+) -> tuple[VisitData, np.ndarray]:
+    """The patients of one shard (a rank of a distributed run, `hapnet.data.sharding`) as
+    `load_visits` would load them, possibly none, and their order keys: where a one-process load
+    meets each patient (increasing; sorting every shard's keys together gives the one-process
+    order). Long CSV, synth folders and MEDS are filtered block by block (memory of the shard);
+    the other sources are read whole, then filtered."""
+    rows = _read(path, ontology, columns, unknown, min_visits, code_pattern, shard)
+    if rows.patient_order is None:  # read at once: the shard is selected from the whole table
+        rows = shard.select(rows)
+    data = assemble(rows, ontology, unknown, min_visits, partial=True)
+    assert rows.patient_order is not None
+    kept = pd.Index(rows.patient_names).get_indexer(data.patient_ids)
+    return data, rows.patient_order[kept]
+
+
+def _read(
+    path: str | Path | None,
+    ontology: Ontology,
+    columns: dict[str, str] | None,
+    unknown: str,
+    min_visits: int,
+    code_pattern: str | None,
+    shard: PatientShard | None,
+) -> LongTable:
+    """The source's long table (a shard's rows, where the reader filters blocks)."""
     _check_options(unknown, min_visits)
     codes = MedsCodes.from_option(code_pattern)  # a bad pattern is refused before any reading
     if path is None:
         _no_code_pattern(code_pattern, "the built-in synthetic data")
         frame = synth.generate(ontology, synth.DEFAULT_PATIENTS, seed=0)
-        rows = rows_from_frame(frame, None, "synthetic (generated in memory)", "synth")
-        return assemble(rows, ontology, unknown, min_visits)
+        return rows_from_frame(frame, None, "synthetic (generated in memory)", "synth")
     path = Path(path)
     if not entry_exists(path):
         raise InputError(
@@ -71,14 +109,14 @@ def load_visits(
         path, is_folder = path.parent, True
     if not is_folder:
         _no_code_pattern(code_pattern, path)
-        return assemble(read_long_csv(path, columns, kind="long-csv"), ontology, unknown, min_visits)
+        return read_long_csv(path, columns, kind="long-csv", shard=shard)
     entries = list_folder(path)
     if any(p.name == synth.MANIFEST for p in entries):
         _no_code_pattern(code_pattern, path)
-        rows = _read_synth_folder(path, ontology, columns)
+        rows = _read_synth_folder(path, ontology, columns, shard)
     elif is_meds_folder(path):
         _no_columns(columns, path, "MEDS datasets")
-        rows = read_meds(path, ontology, codes)
+        rows = read_meds(path, ontology, codes, shard)
     elif (omop := find_omop(path, entries)) is not None:
         _no_columns(columns, path, "OMOP folders")
         _no_code_pattern(code_pattern, path)
@@ -88,7 +126,7 @@ def load_visits(
         _no_columns(columns, path, "MIMIC folders")
         _no_code_pattern(code_pattern, path)
         rows = read_mimic(*mimic, ontology)
-    return assemble(rows, ontology, unknown, min_visits)
+    return rows
 
 
 def _find_mimic(path: Path) -> tuple[Path, Path]:
@@ -174,7 +212,9 @@ def _check_options(unknown: str, min_visits: int) -> None:
         raise HapnetError(f"min_visits must be at least 1, got {min_visits}")
 
 
-def _read_synth_folder(folder: Path, ontology: Ontology, columns: dict[str, str] | None) -> LongTable:
+def _read_synth_folder(
+    folder: Path, ontology: Ontology, columns: dict[str, str] | None, shard: PatientShard | None
+) -> LongTable:
     manifest_path = folder / synth.MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -189,4 +229,4 @@ def _read_synth_folder(folder: Path, ontology: Ontology, columns: dict[str, str]
             f"{folder}: synthetic data generated for ontology {made_for}, loaded with {ontology.name}",
             stacklevel=3,
         )
-    return read_long_csv(data_file, columns, kind="synth", source=str(folder))
+    return read_long_csv(data_file, columns, kind="synth", source=str(folder), shard=shard)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from hapnet.data.csv_stream import CsvFile, stream_columns
+from hapnet.data.sharding import PatientShard, first_rows
 from hapnet.data.table import LongTable, drop_empty_patient
 from hapnet.data.times import SECONDS_PER_DAY, parse_times, visits_by_time
 from hapnet.errors import HapnetError, InputError
@@ -83,13 +84,22 @@ def _long_columns(csv_file: CsvFile, columns: dict[str, str] | None) -> dict[str
 
 
 def read_long_csv(
-    path: Path, columns: dict[str, str] | None, kind: str, source: str | None = None
+    path: Path,
+    columns: dict[str, str] | None,
+    kind: str,
+    source: str | None = None,
+    shard: PatientShard | None = None,
 ) -> LongTable:
+    """A long CSV as a LongTable; with `shard`, the rows of that shard's patients only."""
     csv_file = CsvFile.open(path)
     wanted = _long_columns(csv_file, columns)
-    data = stream_columns(csv_file, wanted, typed=("patient", "visit", "time"))
+    keep = None if shard is None else lambda block: shard.owns(block["patient"])
+    data = stream_columns(csv_file, wanted, typed=("patient", "visit", "time"), keep=keep)
     patient_names, row_patient = data["patient"].factorize()
     patient_names, row_patient, orphans = drop_empty_patient(patient_names, row_patient)
+    order = None
+    if shard is not None:
+        order = first_rows(row_patient, data["row"].integers(), len(patient_names))
     code_names, row_code = data["code"].factorize()
     row_time = data["time"].times(path, first_line=2) if "time" in data else None
     if "visit" in data:
@@ -105,8 +115,9 @@ def read_long_csv(
         time=row_time,
         code_names=code_names.tolist(),
         code=row_code,
-        first_line=2,
+        first_line=None if shard is not None else 2,  # a shard's rows are not the file's
         orphan_rows=orphans,
+        patient_order=order,
     )
 
 

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from hapnet.data.code_systems import settle_systems
 from hapnet.data.parquet_stream import BATCH_ROWS, parquet_files
+from hapnet.data.sharding import PatientShard, first_rows
 from hapnet.data.table import LongTable
 from hapnet.errors import InputError, error_summary
 from hapnet.ontology.graph import Ontology
@@ -98,6 +99,9 @@ class _Events:
     events: int = 0
     orphans: int = 0  # diagnoses without a subject_id
     other: Counter = field(default_factory=Counter)  # events that are no diagnosis, by first code part
+    shard: PatientShard | None = None  # keep this shard's subjects only (a rank of a distributed run)
+    scanned: int = 0  # events read, every subject's
+    row: list[np.ndarray] = field(default_factory=list)  # each diagnosis row's event number
 
     def kind_of(self, raw: str | None) -> int:
         """The diagnosis id of a raw code, -1 for another event, -2 for an admission event."""
@@ -119,6 +123,11 @@ class _Events:
         return found
 
     def add(self, batch: pa.RecordBatch, visit_column: str | None) -> None:
+        numbers = np.arange(self.scanned, self.scanned + batch.num_rows)
+        self.scanned += batch.num_rows
+        if self.shard is not None:
+            mine = self.shard.owns(batch.column("subject_id"))
+            batch, numbers = batch.filter(pa.array(mine)), numbers[mine]
         codes = batch.column("code")
         if pa.types.is_dictionary(codes.type):
             codes = codes.dictionary_decode()
@@ -149,6 +158,7 @@ class _Events:
             self.subject.append(subject[rows])
             self.time.append(seconds[rows])
             self.code.append(row_kind[rows])
+            self.row.append(numbers[rows])
             self.visit.append(visit.take(rows) if visit is not None else pa.nulls(len(rows), pa.string()))
         if visit is not None:
             with_id = visit.is_valid().to_numpy(zero_copy_only=False)
@@ -190,13 +200,16 @@ def _visit_column(path: Path, schema: pa.Schema) -> str | None:
     return name
 
 
-def read_meds(root: Path, ontology: Ontology, codes: MedsCodes) -> LongTable:
-    """The diagnoses of a MEDS dataset as a LongTable (visits, times, codes, split labels)."""
+def read_meds(
+    root: Path, ontology: Ontology, codes: MedsCodes, shard: PatientShard | None = None
+) -> LongTable:
+    """The diagnoses of a MEDS dataset as a LongTable (visits, times, codes, split labels); with
+    `shard`, those of that shard's subjects only."""
     data_folder = root / DATA_FOLDER
     files = parquet_files(data_folder)
     if not files:
         raise InputError(data_folder, "no .parquet files: an empty MEDS dataset (expected data/**/*.parquet)")
-    events = _Events(codes)
+    events = _Events(codes, shard=shard)
     for file in files:
         schema = parquet_schema(file)
         check_data_schema(file, schema)
@@ -210,7 +223,7 @@ def read_meds(root: Path, ontology: Ontology, codes: MedsCodes) -> LongTable:
             raise InputError(file, f"unreadable parquet data ({reason})") from None
         except pa.ArrowException as exc:
             raise InputError(file, f"unreadable parquet data ({error_summary(exc)})") from None
-    if not events.code:
+    if not events.code and shard is None:  # a shard may hold no diagnosis: the run checks the sum
         sample = ", ".join(repr(c) for c, _ in events.other.most_common(3))
         raise InputError(
             root,
@@ -222,9 +235,10 @@ def read_meds(root: Path, ontology: Ontology, codes: MedsCodes) -> LongTable:
 
 def _assemble_rows(root: Path, events: _Events, ontology: Ontology) -> LongTable:
     source = str(root)
-    subject = np.concatenate(events.subject)
-    own_time = np.concatenate(events.time)
-    row_code = np.concatenate(events.code)
+    subject = np.concatenate(events.subject) if events.subject else np.zeros(0, dtype=np.int64)
+    own_time = np.concatenate(events.time) if events.time else np.zeros(0)
+    row_code = np.concatenate(events.code) if events.code else np.zeros(0, dtype=np.int64)
+    row_numbers = np.concatenate(events.row) if events.row else np.zeros(0, dtype=np.int64)
     row_patient, patient_values = pd.factorize(subject)
     patient_names = np.asarray(patient_values.astype(str), dtype=str)
     notes: list[str] = []
@@ -280,11 +294,7 @@ def _assemble_rows(root: Path, events: _Events, ontology: Ontology) -> LongTable
     )
     notes += settled.notes
     keep = ~timeless if settled.keep is None else settled.keep & ~timeless
-    other = sum(events.other.values())
-    if other:
-        kinds = ", ".join(f"{label} {count:,}" for label, count in events.other.most_common(5))
-        more = " ..." if len(events.other) > 5 else ""
-        notes.append(f"{other:,} other events (not diagnoses) left out: {kinds}{more}")
+    other = sum(events.other.values())  # shown by kind in the report's "other events" row
     if events.orphans:
         notes.append(f"{events.orphans:,} diagnosis events without a subject_id left out")
     return LongTable(
@@ -299,8 +309,12 @@ def _assemble_rows(root: Path, events: _Events, ontology: Ontology) -> LongTable
         orphan_rows=0,
         admissions_without_diagnoses=admissions_without_diagnoses,
         other_events=other,
+        other_kinds=dict(events.other),
         notes=notes,
         patient_splits=read_subject_splits(root, patient_names),
+        patient_order=None
+        if events.shard is None
+        else first_rows(row_patient, row_numbers, len(patient_names)),
     )
 
 

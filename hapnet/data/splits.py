@@ -42,13 +42,16 @@ def dataset_split(data: VisitData, kind: str, seed: int) -> Split:
     data's own split labels (a MEDS dataset's metadata/subject_splits.parquet): train, tuning ->
     valid, held_out -> test. Patients with another label or none take no part (with a warning).
     """
+    return make_split(kind, len(data.patient_ids), data.patient_splits, data.report.source, seed)
+
+
+def make_split(kind: str, num_patients: int, labels: np.ndarray | None, source: str, seed: int) -> Split:
+    """`dataset_split` of data with `num_patients` patients and these split labels (None: none)."""
     if kind == "random":
-        return split_patients(len(data.patient_ids), seed)
+        return split_patients(num_patients, seed)
     if kind != "meds":
         raise HapnetError(f"--split must be random or meds, got {kind!r}")
-    source = data.report.source
-    labels = data.patient_splits
-    if labels is None or len(labels) != len(data.patient_ids):
+    if labels is None or len(labels) != num_patients:
         raise HapnetError(
             f"--split meds: {source} has no split labels (a MEDS dataset's {SPLITS_FILE}); use --split random"
         )

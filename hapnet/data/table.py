@@ -38,26 +38,35 @@ class LongTable:
     orphan_rows: int = 0
     admissions_without_diagnoses: int = 0
     other_events: int = 0  # source events read and left out as no diagnosis (MEDS, OMOP)
+    other_kinds: dict[str, int] = field(default_factory=dict)  # MEDS: those events by code prefix
     notes: list[str] = field(default_factory=list)
     patient_splits: np.ndarray | None = None  # str [P] split label per patient_names entry ("" = none)
+    # int64 [P] where a one-process read meets each patient (a shard's: hapnet.data.sharding);
+    # None: patient_names is that order
+    patient_order: np.ndarray | None = None
 
     def line(self, row: int) -> int | None:
         return None if self.first_line is None else self.first_line + int(row)
 
 
-def assemble(rows: LongTable, ontology: Ontology, unknown: str, min_visits: int) -> VisitData:
-    """The long table -> VisitData: resolve codes, order visits, de-duplicate, drop short patients."""
+def assemble(
+    rows: LongTable, ontology: Ontology, unknown: str, min_visits: int, partial: bool = False
+) -> VisitData:
+    """The long table -> VisitData: resolve codes, order visits, de-duplicate, drop short patients.
+
+    `partial`: the table is one shard of a source (`hapnet.data.sharding`), which may hold no row or
+    no patient; the run checks the sum over the shards."""
     num_rows = len(rows.code)
-    if num_rows == 0:
+    if num_rows == 0 and not partial:
         raise InputError(rows.source, "no data rows")
     valid = rows.patient >= 0
-    node_of_name, _, counts = _resolve_codes(rows, valid, ontology, unknown)
+    node_of_name, _, counts, resolved = _resolve_codes(rows, valid, ontology, unknown)
     row_node = node_of_name[rows.code]
     kept_mask = valid & (row_node >= 0)
     num_kept = int(np.count_nonzero(kept_mask))
     kept = slice(None) if num_kept == num_rows else np.flatnonzero(kept_mask)  # most files: every row
     del kept_mask
-    if num_kept == 0:
+    if num_kept == 0 and not partial:
         sample = ", ".join(repr(c) for c in rows.code_names[:5] if c)
         raise InputError(
             rows.source,
@@ -116,7 +125,7 @@ def assemble(rows: LongTable, ontology: Ontology, unknown: str, min_visits: int)
     num_patients_all = len(rows.patient_names)
     visits_per_patient = np.bincount(visit_patient[has_codes], minlength=num_patients_all)
     keep_patient = visits_per_patient >= min_visits
-    if not keep_patient.any():
+    if not keep_patient.any() and not partial:
         raise InputError(
             rows.source,
             f"no patient with {min_visits}+ visits: {num_patients_all:,} patients, "
@@ -154,11 +163,13 @@ def assemble(rows: LongTable, ontology: Ontology, unknown: str, min_visits: int)
         orphan_rows=rows.orphan_rows,
         admissions_without_diagnoses=rows.admissions_without_diagnoses,
         other_events=rows.other_events,
+        other_kinds=dict(rows.other_kinds),
         dropped_visits=int((~has_codes).sum()),
         dropped_patient_rows=dropped_patient_rows,
         dropped_patients=num_patients_all - len(patient_ids),
         min_visits=min_visits,
         notes=list(rows.notes),
+        resolved=resolved,
     )
     times = None if visit_time is None else visit_time[keep_visit]
     splits = None if rows.patient_splits is None else rows.patient_splits[keep_patient]
@@ -170,8 +181,9 @@ _STATUS_CODES = {EXACT: 0, MAPPED: 1, "unknown": 2, "empty": 3}
 
 def _resolve_codes(
     rows: LongTable, valid: np.ndarray, ontology: Ontology, unknown: str
-) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Resolve each distinct raw code once: node index per name (-1 = not kept) and the counts."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, int], dict[str, int]]:
+    """Resolve each distinct raw code once: node index per name (-1 = not kept), the counts, and the
+    resolution of each normalised code in use (0 exact, 1 mapped, 2 unknown)."""
     names = rows.code_names
     row_counts = np.bincount(rows.code[valid], minlength=len(names))
     node = np.full(len(names), -1, dtype=np.int64)
@@ -184,7 +196,7 @@ def _resolve_codes(
         node[i] = found.index
         status[i] = _STATUS_CODES.get(found.status, 2)
         if row_counts[i]:
-            normalized_status[found.code] = status[i]
+            normalized_status[found.code] = int(status[i])
     per_status = np.bincount(status, weights=row_counts, minlength=4).astype(np.int64)
     distinct = np.bincount(np.fromiter(normalized_status.values(), np.int8), minlength=4)
     counts = {
@@ -212,7 +224,7 @@ def _resolve_codes(
             )
     if unknown == "drop":
         node[status != 0] = -1
-    return node, status, counts
+    return node, status, counts, normalized_status
 
 
 def drop_empty_patient(names: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

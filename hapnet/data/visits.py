@@ -37,11 +37,15 @@ class DataReport:
     orphan_rows: int = 0  # rows of no patient: MIMIC diagnoses without an admission, empty patient ids
     admissions_without_diagnoses: int = 0  # MIMIC, MEDS (admission events), OMOP (visit_occurrence rows)
     other_events: int = 0  # MEDS events that are no diagnosis, OMOP conditions of other vocabularies
+    other_kinds: dict[str, int] = field(default_factory=dict)  # MEDS: other events by code prefix
     dropped_visits: int = 0  # visits left with no known code
     dropped_patient_rows: int = 0  # code rows of the patients dropped for too few visits
     dropped_patients: int = 0  # fewer than min_visits visits
     min_visits: int = 2
     notes: list[str] = field(default_factory=list)
+    # normalised source code -> 0 exact, 1 mapped, 2 unknown: what the distinct counts count (the
+    # shards of a distributed run add up their reports with it); not part of the figures
+    resolved: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def codes_per_visit(self) -> float:
@@ -93,13 +97,16 @@ class DataReport:
             label = (
                 "other events (not diagnoses)" if self.kind != "omop" else "conditions of other vocabularies"
             )
-            rows.append((label, f"{self.other_events:,}"))
+            kinds = sorted(self.other_kinds.items(), key=lambda kv: (-kv[1], kv[0]))
+            listed = ", ".join(f"{kind} {count:,}" for kind, count in kinds[:5])
+            more = " ..." if len(kinds) > 5 else ""
+            rows.append((label, f"{self.other_events:,}" + (f" ({listed}{more})" if listed else "")))
         rows.extend(("note", note) for note in self.notes)
         return rows
 
     def as_dict(self) -> dict:
         """Plain JSON-able figures (for run folders and `--json` output)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "resolved"}
         data["codes_per_visit"] = round(self.codes_per_visit, 4)
         data["dropped_rows"] = self.dropped_rows
         return data

@@ -45,6 +45,16 @@ class Cooccurrence:
         return dense
 
 
+def sum_cooccurrences(parts: list[Cooccurrence]) -> Cooccurrence:
+    """The element-wise sum of co-occurrence matrices of one size (the shards of a distributed
+    run: their visits' counts add up to those of all visits), entries sorted by (row, column)."""
+    size = parts[0].size
+    keys = np.concatenate([p.rows * size + p.cols for p in parts])
+    distinct, sums = _sum_duplicates(keys, np.concatenate([p.counts for p in parts]))
+    rows, cols = np.divmod(distinct, size)
+    return Cooccurrence(rows, cols, sums, size)
+
+
 def _sum_duplicates(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct keys, sorted, and the sum of the values of each."""
     distinct, inverse = np.unique(keys, return_inverse=True)

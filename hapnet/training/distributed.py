@@ -5,9 +5,12 @@ A run is distributed only when launched with WORLD_SIZE > 1 in its environment (
 it); otherwise `SINGLE` stands for the one process and nothing here changes what `hapnet.train`
 does. In a distributed run:
 
-- every rank builds the same model (rank 0's weights are broadcast, as DDP does), walks the same
-  permutation of the training patients each epoch and takes its slice (`shard`) of every global
-  batch of `config.batch_size` patients: a step sees the patients of a one-process step;
+- every rank reads its shard of the patients only (`hapnet.training.run_data`: a patient's rank is
+  a hash of its id), learns where each stands in the whole data, and builds the same model (rank
+  0's weights are broadcast, as DDP does);
+- every rank walks the same permutation of all the training patients each epoch and takes, from
+  every global batch of `config.batch_size` patients, those it holds: a step sees the patients
+  of a one-process step;
 - `DistributedStep` sums the gradients after backward in one flat all-reduce, each rank's scaled
   by its share of the batch's patients, so the sum is the one-process gradient of the batch
   mean even where the slices differ in size (the last batch) or one is empty. The same
@@ -20,8 +23,8 @@ does. In a distributed run:
   sent;
 - dropout draws from torch's generator seeded with (seed, rank, epoch) at every epoch's start
   (`epoch_seed`): a run is deterministic for a given world size, resumed or not;
-- validation and test: each rank scores its slice of the patients and the accumulators' counts
-  are summed (`merge_accumulator`): the figures of a one-process evaluation;
+- validation and test: each rank scores the patients it holds and the accumulators' counts are
+  summed (`merge_accumulator`): the figures of a one-process evaluation;
 - rank 0 alone reads and writes the run folder (`from_main`) and shows progress.
 
 A rank that dies ends the run: torchrun stops the others, and a rank left waiting in a
@@ -38,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -155,7 +159,10 @@ def joined() -> Iterator[Process]:
             f"({error_summary(exc)}); launch it with torchrun or `hapnet train --nproc N`"
         ) from None
     try:
-        yield process
+        with warnings.catch_warnings():
+            if not process.is_main:  # rank 0 speaks for the run (the load gathers every rank's)
+                warnings.simplefilter("ignore")
+            yield process
         with _collective("finishing"):  # no rank leaves before rank 0 has written the run folder
             dist.barrier()
     finally:
@@ -187,14 +194,6 @@ def labelled(process: Process) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------- sharing work
-def shard(patients: np.ndarray, process: Process) -> np.ndarray:
-    """This rank's contiguous slice of `patients`, in rank order: sizes differ by at most one,
-    and where there are fewer patients than ranks the last ranks' slices are empty."""
-    if not process.distributed:
-        return patients
-    return np.array_split(patients, process.world_size)[process.rank]
-
-
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     """The seed of torch's generator (dropout masks) for one rank's epoch."""
     return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
@@ -266,6 +265,27 @@ def sum_arrays(process: Process, arrays: Sequence[np.ndarray]) -> list[np.ndarra
     return summed
 
 
+def all_gather(process: Process, value: T, what: str) -> list[T]:
+    """Every rank's `value` (small: counts, order keys, sums), in rank order, on every rank."""
+    if not process.distributed:
+        return [value]
+    values: list[Any] = [None] * process.world_size
+    with _collective(f"gathering {what}"):
+        dist.all_gather_object(values, value)
+    return values
+
+
+def gather_to_main(process: Process, value: T, what: str) -> list[T] | None:
+    """Every rank's `value` in rank order on rank 0 alone (larger: co-occurrence counts, patient
+    ids); None on the other ranks."""
+    if not process.distributed:
+        return [value]
+    values: list[Any] | None = [None] * process.world_size if process.is_main else None
+    with _collective(f"gathering {what}"):
+        dist.gather_object(value, values, dst=0)
+    return values
+
+
 def gather_lists(process: Process, items: list[Any]) -> list[Any]:
     """Every rank's `items` (per-batch arrays: raw scores), one list in rank order."""
     if not process.distributed:
@@ -313,7 +333,7 @@ def merge_totals(
     process: Process, accumulators: Sequence[Any], totals: dict[str, float], count: int
 ) -> tuple[dict[str, float], int]:
     """An evaluation's accumulators (merged in place), its loss sums and its patient count, summed
-    over the ranks: each rank scored its slice of the patients (`shard`)."""
+    over the ranks: each rank scored the patients it holds."""
     for accumulator in accumulators:
         merge_accumulator(accumulator, process)
     (summed,) = sum_arrays(process, [np.array([*totals.values(), count], dtype=np.float64)])
@@ -483,12 +503,24 @@ class LaunchOutput:
         return line
 
     def root_cause(self) -> tuple[int | None, int | None]:
-        """(rank, exit code) of the first failure in torchrun's report; a signal is negative."""
+        """(rank, exit code) of the failure that ended the run, from torchrun's report; a signal
+        is negative. torchrun names the first failure it observed, but a rank that loses its peer
+        may abort (SIGABRT, from gloo) before torchrun sees the peer's own end: then the peer's
+        failure (a kill, an error) is the cause."""
         text = "\n".join(self.report)
+        failures = [
+            (int(rank), int(code))
+            for rank, code in re.findall(
+                r"\brank\s*:\s*(\d+)[^\n]*\n(?:.*\n)*?\s*exitcode\s*:\s*(-?\d+)", text
+            )
+        ]
         cause = text.split("Root Cause", 1)[-1]
         rank = re.search(r"\brank\s*:\s*(\d+)", cause)
         code = re.search(r"\bexitcode\s*:\s*(-?\d+)", cause)
-        return (int(rank.group(1)) if rank else None, int(code.group(1)) if code else None)
+        first = (int(rank.group(1)) if rank else None, int(code.group(1)) if code else None)
+        if first[1] == -signal.SIGABRT:
+            return next((f for f in failures if f[1] != -signal.SIGABRT), first)
+        return first
 
     def failure_line(self, code: int) -> str | None:
         """The line that explains a failed run where no shown line did (None: one did)."""

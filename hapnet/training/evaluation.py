@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from hapnet.data.batches import BatchBuilder
+from hapnet.data.fingerprint import data_fingerprint, fingerprint_matches
 from hapnet.data.loaders import load_visits
 from hapnet.data.splits import split_patients
 from hapnet.data.visits import VisitData
@@ -22,9 +23,9 @@ from hapnet.errors import HapnetError
 from hapnet.models.losses import next_visit_loss
 from hapnet.models.predictor import DIAGNOSIS, NextVisitModel
 from hapnet.training.config import TrainConfig
-from hapnet.training.distributed import SINGLE, Process, merge_totals, shard
+from hapnet.training.distributed import SINGLE, Process, merge_totals
 from hapnet.training.metrics import AccuracyAtK, ScoreCollector, VisitScores
-from hapnet.training.runs import SPLIT, Run, data_fingerprint, load
+from hapnet.training.runs import SPLIT, Run, load
 from hapnet.training.setup import batch_builder, training_data_path
 from hapnet.utils.arrays import range_owners
 from hapnet.utils.device import resolve_device
@@ -62,11 +63,10 @@ def evaluate_patients(
     """Loss (mean over patients), accuracy@k, per-visit recall@10/20 and the weighted F1 of the
     top-|y| codes of next-visit prediction for these patients; with `full`, also the micro and
     macro PR-AUC and ROC-AUC (they keep every score: memory of visits x codes x 5 bytes). For
-    each auxiliary task of the model, its loss and accuracy@AUX_K. A rank of a distributed run
-    (`process`) scores its slice of the patients, and the counts of every rank are added up:
-    every rank gets the figures of one process scoring them all."""
+    each auxiliary task of the model, its loss and accuracy@AUX_K. In a distributed run
+    (`process`) each rank gives the patients it holds, and the counts of every rank are added
+    up: every rank gets the figures of one process scoring them all."""
     model.eval()
-    patients = shard(patients, process)
     g = model.code_embeddings()
     meters = {DIAGNOSIS: AccuracyAtK(config.k, groups)}
     meters.update({t.name: AccuracyAtK(AUX_K, np.zeros(t.num_categories, np.int64)) for t in builder.tasks})
@@ -173,7 +173,7 @@ def evaluate(
             unknown=config.unknown,
             code_pattern=config.code_pattern,
         )
-        if run.data_fingerprint is not None and data_fingerprint(visits) == run.data_fingerprint:
+        if run.data_fingerprint is not None and fingerprint_matches(run.data_fingerprint, visits):
             warnings.warn(
                 f"{data} is the data run {run.path} trained on: these scores include its training "
                 "and validation patients; leave out --data to score its test split",
@@ -210,7 +210,7 @@ def _test_split(run: Run) -> tuple[VisitData, np.ndarray]:
         path, run.ontology, columns=config.columns, unknown=config.unknown, code_pattern=config.code_pattern
     )
     now = data_fingerprint(visits)
-    if run.data_fingerprint is not None and now != run.data_fingerprint:
+    if run.data_fingerprint is not None and not fingerprint_matches(run.data_fingerprint, visits, now):
         raise HapnetError(
             f"{path}: the data changed since run {run.path} trained on it (fingerprint "
             f"{run.data_fingerprint[:12]}, now {now[:12]}), so its test split no longer exists; "

@@ -13,7 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 class TrainCallbacks:
     """Hooks for progress display; the training loop itself prints nothing."""
 
-    def on_data(self, data: Any, split: Any, vocab: Any) -> None: ...
+    def on_data(self, data: Any, split: Any, vocab: Any) -> None:
+        """The run's data (`RunData`: `.report` describes the whole data), split and vocabulary."""
 
     def on_epoch_start(self, epoch: int, num_batches: int) -> None: ...
 

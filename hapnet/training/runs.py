@@ -17,12 +17,12 @@ epoch: everything `hapnet train --resume` needs to continue exactly where the ru
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,6 @@ import torch
 
 from hapnet import __version__
 from hapnet.data.splits import Split
-from hapnet.data.visits import VisitData
 from hapnet.data.vocabulary import Vocabulary
 from hapnet.errors import HapnetError, InputError, error_summary
 from hapnet.models.predictor import NextVisitModel
@@ -69,20 +68,6 @@ def versions() -> dict[str, str]:
         "pandas": pd.__version__,
         "python": platform.python_version(),
     }
-
-
-def data_fingerprint(data: VisitData) -> str:
-    """sha256 of the loaded data (patient ids, offsets, codes), whatever the files looked like.
-
-    Cheap (one pass over the arrays) and blind to file layout: a re-compressed or re-ordered
-    file with the same visits has the same fingerprint; one changed code does not.
-    """
-    digest = hashlib.sha256()
-    ids = "\x00".join(str(p) for p in data.patient_ids).encode()
-    for part in (ids, data.patient_offsets, data.visit_offsets, data.codes):
-        raw = part if isinstance(part, bytes) else np.ascontiguousarray(part, dtype=np.int64).tobytes()
-        digest.update(len(raw).to_bytes(8, "little") + raw)  # lengths keep the parts apart
-    return digest.hexdigest()
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -199,10 +184,13 @@ class RunWriter:
         )
         frame.to_csv(self.work / SPLIT, index=False)
 
-    def check_data_fingerprint(self, fingerprint: str) -> None:
-        """A resumed run must see the data it started with: same split, vocabulary and batches."""
+    def check_data_fingerprint(self, fingerprint: str, matches: Callable[[str], bool] | None = None) -> None:
+        """A resumed run must see the data it started with: same split, vocabulary and batches.
+        `matches(saved)` also accepts a fingerprint of an older version for the same data."""
         saved = json.loads((self.work / CONFIG).read_text()).get(DATA_FINGERPRINT)
-        if saved is not None and saved != fingerprint:  # None: a run started before fingerprints
+        if saved is None:  # a run started before fingerprints
+            return
+        if saved != fingerprint and not (matches is not None and matches(saved)):
             raise HapnetError(
                 f"{self.target}: the data changed since this run started (fingerprint {saved[:12]}, "
                 f"now {fingerprint[:12]}); train again in a new folder"

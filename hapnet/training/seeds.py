@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from hapnet.data.fingerprint import fingerprint_matches
 from hapnet.errors import HapnetError, InputError, error_summary
 from hapnet.training.config import TrainConfig, differing_settings
 from hapnet.training.metrics import NUM_GROUPS, SCORE_LABELS
@@ -21,7 +22,6 @@ from hapnet.training.runs import (
     DATA_FINGERPRINT,
     METRICS,
     RESUME,
-    data_fingerprint,
     is_run_dir,
     partial_path,
     read_metrics,
@@ -253,7 +253,7 @@ def _finished_seeds(config: TrainConfig, seeds: list[int], out: Path) -> dict[in
     """The metrics of the seeds whose run is complete, checked: damaged, or trained on other data,
     they are refused (before the sweep writes anything)."""
     finished = {}
-    fingerprint = None  # of the data, computed only if there are finished seeds to reuse
+    data = None  # read only if there are finished seeds to reuse
     for seed in seeds:
         run_dir = out / f"seed-{seed}"
         if not (is_run_dir(run_dir) and (run_dir / METRICS).exists()):
@@ -262,9 +262,10 @@ def _finished_seeds(config: TrainConfig, seeds: list[int], out: Path) -> dict[in
             metrics = read_metrics(run_dir / METRICS)
         except InputError as exc:
             raise HapnetError(f"{exc}; use --force to train the sweep again") from None
-        if fingerprint is None:
-            fingerprint = data_fingerprint(load_training_data(config)[1])
-        if metrics.get(DATA_FINGERPRINT, fingerprint) != fingerprint:
+        recorded = metrics.get(DATA_FINGERPRINT)
+        if recorded is not None and data is None:
+            data = load_training_data(config)[1]
+        if recorded is not None and not fingerprint_matches(recorded, data):  # type: ignore[arg-type]
             raise HapnetError(f"{run_dir}: trained on other data (use --force to start the sweep over)")
         finished[seed] = metrics
     return finished

@@ -30,6 +30,18 @@ from hapnet.utils.textio import atomic_path
 
 
 def load_training_data(config: TrainConfig) -> tuple[Ontology, VisitData]:
+    """The ontology and the data of a run of `config`, loaded whole (one process)."""
+    ontology = training_ontology(config)
+    path = training_data_path(config)
+    data = load_visits(
+        path, ontology, columns=config.columns, unknown=config.unknown, code_pattern=config.code_pattern
+    )
+    check_enough_patients(path, len(data.patient_ids))
+    return ontology, data
+
+
+def training_ontology(config: TrainConfig) -> Ontology:
+    """The ontology a run of `config` reads its data with (checked against `levels`)."""
     ontology = load_ontology(config.ontology, code_pattern=config.code_pattern)  # meds:DIR reads it too
     if config.levels is not None and config.levels > ontology.depth + 1:
         # truncate() would keep everything: a run named hap-lv99 that truncated nothing
@@ -37,15 +49,18 @@ def load_training_data(config: TrainConfig) -> tuple[Ontology, VisitData]:
             f"--levels {config.levels}: ontology {ontology.name} has levels 0..{ontology.depth}, "
             f"so at most {ontology.depth + 1} (the full hierarchy)"
         )
-    path = training_data_path(config)
-    data = load_visits(
-        path, ontology, columns=config.columns, unknown=config.unknown, code_pattern=config.code_pattern
-    )
-    if len(data.patient_ids) < 10:
+    return ontology
+
+
+MIN_PATIENTS = 10  # fewer cannot be split 70/10/20
+
+
+def check_enough_patients(path: str | Path, num_patients: int) -> None:
+    if num_patients < MIN_PATIENTS:
         raise HapnetError(
-            f"{path}: only {len(data.patient_ids)} patients with 2+ visits; at least 10 are needed to split"
+            f"{path}: only {num_patients} patients with 2+ visits; "
+            f"at least {MIN_PATIENTS} are needed to split"
         )
-    return ontology, data
 
 
 def training_data_path(config: TrainConfig) -> str | Path:
@@ -96,8 +111,9 @@ def build_model(config: TrainConfig, ontology: Ontology, vocab: Vocabulary) -> N
     )
 
 
-def glove_init(model: NextVisitModel, config: TrainConfig, data: VisitData, train: np.ndarray) -> None:
-    """GloVe on the training visits: codes only (RNN+/Rollup+) or codes and ancestors (HAP/GRAM)."""
+def training_cooccurrence(config: TrainConfig, data: VisitData, train: np.ndarray) -> Cooccurrence:
+    """GloVe's co-occurrence counts of the training visits: of codes only (RNN+/Rollup+), of codes
+    and ancestors (HAP/GRAM), of codes and parents (Rollup+'s rows)."""
     spec = get_model(config.model)
     ontology = data.ontology.truncate(config.levels)
     if spec.glove_scope == "ancestors":
@@ -107,7 +123,11 @@ def glove_init(model: NextVisitModel, config: TrainConfig, data: VisitData, trai
     else:
         ancestors = None
     subset = data.subset(train)
-    cooc = cooccurrence(subset.visit_offsets, subset.codes, len(ontology), ancestors)
+    return cooccurrence(subset.visit_offsets, subset.codes, len(ontology), ancestors)
+
+
+def glove_init(model: NextVisitModel, config: TrainConfig, cooc: Cooccurrence) -> None:
+    """The model's base embeddings from GloVe on the training visits' co-occurrence counts."""
     vectors = cached_glove(cooc, config.dim, config.glove_epochs, config.seed)
     # Raw GloVe vectors saturate tanh(sum of a visit's vectors) and make all visits alike: give
     # them the scale of the model's own random init (like_random_init says why; docs/training.md).

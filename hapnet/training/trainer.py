@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from hapnet.data.batches import BatchBuilder
-from hapnet.data.splits import Split, dataset_split, target_counts
-from hapnet.data.visits import VisitData
+from hapnet.data.splits import Split
 from hapnet.data.vocabulary import Vocabulary
 from hapnet.errors import HapnetError
 from hapnet.models.predictor import NextVisitModel
@@ -28,19 +27,26 @@ from hapnet.training.distributed import (
     DistributedStep,
     Process,
     broadcast_module,
-    check_same,
     epoch_seed,
     from_main,
     joined,
-    shard,
 )
 from hapnet.training.evaluation import Evaluation, evaluate_patients
 from hapnet.training.metrics import frequency_groups
 from hapnet.training.naming import group_names
 from hapnet.training.optim import make_optimizer
 from hapnet.training.progress import EpochProgress, TrainCallbacks
-from hapnet.training.runs import RunWriter, data_fingerprint, rng_states, set_rng_states
-from hapnet.training.setup import batch_builder, build_model, glove_init, load_training_data
+from hapnet.training.run_data import (
+    RunData,
+    all_patient_ids,
+    load_run_data,
+    run_cooccurrence,
+    run_split,
+    run_vocabulary,
+    summed_target_counts,
+)
+from hapnet.training.runs import RunWriter, rng_states, set_rng_states
+from hapnet.training.setup import batch_builder, build_model, glove_init
 from hapnet.training.step import TrainingStep
 
 
@@ -155,15 +161,14 @@ class _Session:
 
     config: TrainConfig
     device: torch.device
-    data: VisitData
-    split: Split
+    data: RunData  # this rank's patients (all of them in one process)
+    split: Split  # positions in the whole data
     vocab: Vocabulary
     groups: np.ndarray  # frequency group of each class
     model: NextVisitModel
     optimizer: torch.optim.Optimizer
     builder: BatchBuilder
     step: TrainingStep
-    fingerprint: str
     process: Process = SINGLE  # this rank of a distributed run
 
 
@@ -188,33 +193,38 @@ def _prepare(
 ) -> _Session:
     """Data, split, vocabulary, model (GloVe-initialised for a fresh run) and optimiser.
 
-    In a distributed run every rank loads the data (they must be the same: checked by their
-    fingerprints) and builds the same model; rank 0's weights (its GloVe) are broadcast."""
+    In a distributed run every rank loads its shard of the patients and builds the same model;
+    the split, vocabulary, frequency groups and GloVe are those of the whole data
+    (`hapnet.training.run_data`), and rank 0's weights are broadcast."""
     torch.manual_seed(config.seed)
     device = process.device(config.device)
-    ontology, data = load_training_data(config)
-    fingerprint = data_fingerprint(data)
-    check_same(process, fingerprint, "data fingerprints")
+    ontology, data = load_run_data(config, process)
     if writer is not None and fresh:
-        writer.save_data_fingerprint(fingerprint)
+        writer.save_data_fingerprint(data.fingerprint)
     elif not fresh:  # other data would continue with another split and vocabulary
-        from_main(process, lambda: writer.check_data_fingerprint(fingerprint), share=False)  # type: ignore[union-attr]
-    split = dataset_split(data, config.split, config.seed)
-    vocab = Vocabulary.from_nodes(np.unique(data.codes), len(ontology))
-    counts = target_counts(data, split.train, vocab.code_to_class, len(vocab))
+        from_main(process, lambda: writer.check_data_fingerprint(data.fingerprint, data.matches), share=False)  # type: ignore[union-attr]
+    split = run_split(data, config)
+    vocab = run_vocabulary(data, ontology)
+    counts = summed_target_counts(data, split.train, vocab)
     groups = frequency_groups(counts)
-    if fresh and process.is_main:
-        warn_small_valid_split(data, split, vocab, groups)
+    if fresh:
+        valid_counts = summed_target_counts(data, split.valid, vocab)
+        if process.is_main:
+            warn_small_valid_split(data.num_patients, split, valid_counts, groups)
     callbacks.on_data(data, split, vocab)
     model = build_model(config, ontology, vocab)
-    if config.pretrain == "glove" and fresh and process.is_main:  # a resumed run loads its trained weights
-        glove_init(model, config, data, split.train)
+    if config.pretrain == "glove" and fresh:  # a resumed run loads its trained weights
+        cooc = run_cooccurrence(data, config, split.train)  # on rank 0: the whole data's
+        if cooc is not None:
+            glove_init(model, config, cooc)
     model.to(device)
     broadcast_module(model, process)  # every rank starts from rank 0's weights
     optimizer = make_optimizer(config, model)
-    if writer is not None and fresh:
-        writer.save_vocabulary(ontology, vocab, counts, groups)
-        writer.save_inputs(ontology, data.patient_ids, split)
+    if fresh:
+        patient_ids = all_patient_ids(data)  # rank 0 alone writes split.csv
+        if writer is not None:
+            writer.save_vocabulary(ontology, vocab, counts, groups)
+            writer.save_inputs(ontology, patient_ids, split)  # type: ignore[arg-type]
     return _Session(
         config=config,
         device=device,
@@ -224,13 +234,12 @@ def _prepare(
         groups=groups,
         model=model,
         optimizer=optimizer,
-        builder=batch_builder(config, data, vocab),
+        builder=batch_builder(config, data.data, vocab),
         step=(
             DistributedStep(model, optimizer, config.loss, process, compile=config.compile)
             if process.distributed
             else TrainingStep(model, optimizer, config.loss, compile=config.compile)
         ),
-        fingerprint=fingerprint,
         process=process,
     )
 
@@ -291,7 +300,7 @@ def _step(session: _Session, patients: np.ndarray) -> torch.Tensor:
     distributed run computes its slice of the batch, weighted by the slice's share of patients."""
     if not session.process.distributed:
         return session.step(session.builder.build(patients).to(session.device))
-    mine = shard(patients, session.process)
+    mine = session.data.local(patients)  # the batch's patients this rank holds
     batch = session.builder.build(mine).to(session.device) if len(mine) else None
     return session.step(batch, len(mine) / len(patients))  # type: ignore[call-arg]
 
@@ -300,11 +309,11 @@ def _evaluate(session: _Session, patients: np.ndarray) -> Evaluation:
     return evaluate_patients(
         session.model,
         session.builder,
-        patients,
+        session.data.local(patients),
         session.groups,
         session.config,
         session.device,
-        process=session.process,  # each rank scores its slice, the counts are summed
+        process=session.process,  # each rank scores the patients it holds, the counts are summed
     )
 
 
@@ -376,18 +385,20 @@ def _fit(
 MIN_VALID_PATIENTS = 50  # fewer: the validation loss that picks the epoch is mostly noise
 
 
-def warn_small_valid_split(data: VisitData, split: Split, vocab: Vocabulary, groups: np.ndarray) -> None:
+def warn_small_valid_split(
+    num_patients: int, split: Split, valid_counts: np.ndarray, groups: np.ndarray
+) -> None:
     """Warn when the validation split is too small to select a model: few patients, or a
-    frequency group with no target in it (its accuracy cannot be read there)."""
+    frequency group with no target in it (its accuracy cannot be read there). `valid_counts`:
+    how often each class is a target in the validation split."""
     if len(split.valid) < MIN_VALID_PATIENTS:
         warnings.warn(
-            f"the validation split has {len(split.valid)} patients (of {len(data.patient_ids)}): too few "
+            f"the validation split has {len(split.valid)} patients (of {num_patients}): too few "
             f"to select an epoch reliably (at least {MIN_VALID_PATIENTS} advised); treat the scores as "
             "indicative only",
             stacklevel=3,
         )
-    counts = target_counts(data, split.valid, vocab.code_to_class, len(vocab))
-    per_group = np.bincount(groups, weights=counts, minlength=len(group_names()))
+    per_group = np.bincount(groups, weights=valid_counts, minlength=len(group_names()))
     empty = [name for name, n in zip(group_names(), per_group, strict=True) if n == 0]
     if empty:
         warnings.warn(
@@ -425,7 +436,7 @@ def _final_metrics(session: _Session, progress: _Progress) -> dict[str, Any]:
         return evaluate_patients(
             session.model,
             session.builder,
-            patients,
+            session.data.local(patients),
             session.groups,
             config,
             session.device,
@@ -449,7 +460,7 @@ def _final_metrics(session: _Session, progress: _Progress) -> dict[str, Any]:
         "split": {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)},
         "codes": len(session.vocab),
         "device": str(session.device),
-        "data_fingerprint": session.fingerprint,  # which data the run used (sha256 of the loaded arrays)
+        "data_fingerprint": session.data.fingerprint,  # which data the run used (sha256 of the loaded arrays)
     }
 
 

@@ -403,8 +403,8 @@ def tune(
 
     # The data and the ontology are read once before anything is written: a bad file is refused
     # before a study or a folder exists; their fingerprints identify the data across machines.
-    from hapnet.training.runs import data_fingerprint  # torch: only when a study runs
-    from hapnet.training.setup import load_training_data
+    from hapnet.data.fingerprint import data_fingerprint, legacy_data_fingerprint
+    from hapnet.training.setup import load_training_data  # torch: only when a study runs
 
     ontology, data = load_training_data(base)
     space = _fit_space(space, ontology.depth)
@@ -415,6 +415,7 @@ def tune(
         "data_fingerprint": data_fingerprint(data),
         "ontology_fingerprint": ontology.fingerprint(),
     }
+    data_before = legacy_data_fingerprint(data)  # what studies recorded before (same data)
     del data, ontology
 
     created = first_missing(out) if out is not None else None
@@ -424,7 +425,7 @@ def tune(
     try:
         with _optuna_quiet():
             study = _open_study(storage, out, study_name, chosen_objective.direction)
-            _check_study(study, fixed, storage)
+            _check_study(study, fixed, storage, data_before)
             seed = base.seed if sampler_seed is None else sampler_seed
             study.sampler = _sampler(seed, len(study.get_trials(deepcopy=False)))
             study.pruner = pruner if pruner is not None else make_pruner()
@@ -550,9 +551,12 @@ def _check_sqlite_folder(url: str) -> None:
             raise InputError(path.parent, "no such folder (for the --storage SQLite file)")
 
 
-def _check_study(study: optuna.Study, fixed: dict[str, Any], storage: str | None) -> None:
+def _check_study(
+    study: optuna.Study, fixed: dict[str, Any], storage: str | None, data_before: str | None = None
+) -> None:
     """A new study records its fixed settings; a continued one must have been started with the
-    same objective, fixed settings, space, data and ontology (its trials would not compare)."""
+    same objective, fixed settings, space, data and ontology (its trials would not compare).
+    `data_before`: the data's fingerprint as older versions recorded it."""
     from optuna.trial import TrialState
 
     saved = study.user_attrs.get(STUDY_ATTR)
@@ -578,7 +582,7 @@ def _check_study(study: optuna.Study, fixed: dict[str, Any], storage: str | None
     if saved.get("space") != fixed["space"]:
         changed.insert(0, "the search space")
     for key, what in (("data_fingerprint", "the data"), ("ontology_fingerprint", "the ontology")):
-        if saved.get(key) != fixed[key]:
+        if saved.get(key) != fixed[key] and not (key == "data_fingerprint" and saved.get(key) == data_before):
             changed.insert(0, what)
     if changed:
         raise HapnetError(

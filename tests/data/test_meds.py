@@ -155,8 +155,10 @@ def test_meds_of_the_mimic4_demo_gives_the_mimic4_loaders_visits(form, demo, icd
     assert (report.exact_codes, report.mapped_codes, report.unknown_codes) == (1469, 5, 0)
     if form is extract_form:  # 275 admission and 275 lab events, counted and left out
         assert report.other_events == 550
-        assert "550 other events (not diagnoses) left out: HOSPITAL_ADMISSION 275, LAB 275" in report.notes
-        assert dict(report.as_rows())["other events (not diagnoses)"] == "550"
+        assert report.other_kinds == {"HOSPITAL_ADMISSION": 275, "LAB": 275}
+        assert (
+            dict(report.as_rows())["other events (not diagnoses)"] == "550 (HOSPITAL_ADMISSION 275, LAB 275)"
+        )
     else:
         assert report.other_events == 0
 

@@ -61,3 +61,21 @@ def test_bench_threads_times_training_beside_a_busy_process() -> None:
     for name in ("default", "1 thread", "auto"):
         assert re.search(rf"busy, +{name}: [\d.]+ s/step = [\d.]+x idle", out), name
     assert re.search(r"threads auto chose beside the busy process: \[\d+\]", out)
+
+
+@pytest.mark.slow
+def test_bench_shards_loads_smaller_shards_for_more_ranks() -> None:
+    out = run_script("bench_shards.py", "--patients", "2000", "--ranks", "1,4", "--format", "meds")
+    kept = [int(n.replace(",", "")) for n in re.findall(r"R=\d+: ([\d,]+) patients", out)]
+    assert kept[0] == 2000 and 0 < kept[1] < 1000  # rank 0 of 4 keeps about a quarter
+    assert re.search(
+        r"R=4: .*arrays [\d.]+ MB; peak above the start \d+ MB \([\d.]+x the whole\); [\d.]+ s", out
+    )
+
+
+@pytest.mark.slow
+def test_bench_ddp_times_one_process_and_two_ranks() -> None:
+    out = run_script("bench_ddp.py", "--patients", "600", "--steps", "2", "--warmup", "1", "--rounds", "1")
+    assert re.search(r"1 process x \d+ threads: \d+ patients/s", out)
+    assert re.search(r"2 processes x \d+ thread\(s\): \d+ patients/s \(\d+ ms/step\) = [\d.]+x", out)
+    assert re.search(r"gradient all-reduce \([\d.]+ MB\): [\d.]+ ms/step in the step", out)

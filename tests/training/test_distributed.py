@@ -24,10 +24,13 @@ from tiny import hapnet as run_cli
 from tiny import write_tiny_data
 
 import hapnet
+from hapnet.data.sharding import PatientShard
 from hapnet.errors import HapnetError
 from hapnet.training import distributed
-from hapnet.training.distributed import SINGLE, LaunchOutput, Process, environment, epoch_seed, shard
+from hapnet.training.config import TrainConfig
+from hapnet.training.distributed import SINGLE, LaunchOutput, Process, environment, epoch_seed
 from hapnet.training.progress import TrainCallbacks
+from hapnet.training.run_data import load_run_data, run_split
 
 TWO_RANKS = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]
 pytestmark = pytest.mark.filterwarnings("ignore:the validation split")  # the tiny data's: known
@@ -36,6 +39,17 @@ pytestmark = pytest.mark.filterwarnings("ignore:the validation split")  # the ti
 def child_env(**more: str) -> dict[str, str]:
     """One thread per process (the machine has 2 cores for 2 ranks), the session's cache."""
     return {**os.environ, "OMP_NUM_THREADS": "1", **more}
+
+
+def train_on_two_ranks(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """`hapnet train --nproc 2 ARGS` in a fresh process, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "hapnet", "train", "--nproc", "2", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=child_env(**env),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +69,33 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
         k=5,
         device="cpu",
     )
+
+
+@pytest.fixture(scope="module")
+def tiny_meds(tiny: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny data as a MEDS dataset (a diagnosis event per row, a day per visit), with split
+    labels: train, tuning, held_out, and a few patients in none."""
+    frame = pd.read_csv(tiny["data"])
+    patient = frame["patient"].str[1:].astype(np.int64)
+    visit = frame["visit"].str[1:].astype(np.int64)
+    events = pd.DataFrame(
+        {
+            "subject_id": patient,
+            "time": pd.Timestamp("2130-01-01") + pd.to_timedelta(visit, unit="D"),
+            "code": "ICD9CM//" + frame["code"],
+        }
+    )
+    root = tmp_path_factory.mktemp("meds")
+    (root / "data").mkdir()
+    (root / "metadata").mkdir()
+    events.to_parquet(root / "data" / "0.parquet", index=False)
+    ids = np.unique(patient)
+    labels = np.array(["train", "train", "train", "tuning", "held_out"] * 20)[: len(ids)]
+    labels[-3:] = "other"
+    pd.DataFrame({"subject_id": ids, "split": labels}).to_parquet(
+        root / "metadata" / "subject_splits.parquet"
+    )
+    return root
 
 
 class StepLosses(TrainCallbacks):
@@ -77,6 +118,8 @@ SAME_RESULTS_SCRIPT = textwrap.dedent(
     from hapnet.training.evaluation import evaluate_patients
     from hapnet.training.progress import TrainCallbacks
     from hapnet.training.setup import batch_builder
+    from hapnet.training.run_data import load_run_data, run_split
+    from hapnet.data.fingerprint import data_fingerprint
 
     warnings.simplefilter("ignore")  # the tiny validation split is small: known
     settings, folder = json.loads(sys.argv[1]), sys.argv[2]
@@ -97,15 +140,40 @@ SAME_RESULTS_SCRIPT = textwrap.dedent(
             report[batch] = losses.losses
         dist.barrier()  # rank 0 has written the run folders
         run = hapnet.load(f"{folder}/run-9")
-        visits = hapnet.load_visits(settings["data"], run.ontology)
-        test = split_patients(len(visits.patient_ids), settings["seed"]).test
-        builder = batch_builder(run.config, visits, run.vocabulary())
+        _, mine = load_run_data(run.config, process)  # this rank's shard of the patients
+        whole = hapnet.load_visits(settings["data"], run.ontology)
+        test = split_patients(len(whole.patient_ids), settings["seed"]).test
         groups = run.vocab["group"].to_numpy()
         merged, alone = (
-            evaluate_patients(run.model, builder, test, groups, run.config, "cpu", full=True, process=p)
-            for p in (process, SINGLE)
+            evaluate_patients(
+                run.model, batch_builder(run.config, data, run.vocabulary()), patients, groups,
+                run.config, "cpu", full=True, process=p,
+            )
+            for data, patients, p in ((mine.data, mine.local(test), process), (whole, test, SINGLE))
         )
         report["evaluation"] = {"merged": merged.as_dict(), "alone": alone.as_dict()}
+        report["shard"] = {
+            "patients": len(mine.data.patient_ids),
+            "ids": [str(i) for i in mine.data.patient_ids],
+            "index": mine.index.tolist(),
+            "fingerprint": mine.fingerprint,
+            "report": mine.report.as_dict(),
+        }
+        # a MEDS dataset with its own split labels (--split meds): each rank reads its shard
+        meds = run.config.__class__.from_dict({**run.config.to_dict(), "data": sys.argv[3], "split": "meds"})
+        _, sharded = load_run_data(meds, process)
+        split = run_split(sharded, meds)
+        report["meds"] = {
+            "split": {name: getattr(split, name).tolist() for name in ("train", "valid", "test")},
+            "fingerprint": sharded.fingerprint,
+            "report": sharded.report.as_dict(),
+            "patients": len(sharded.data.patient_ids),
+        }
+        report["whole"] = {
+            "ids": [str(i) for i in whole.patient_ids],
+            "fingerprint": data_fingerprint(whole),
+            "report": whole.report.as_dict(),
+        }
         with open(f"{folder}/rank-{process.rank}.json", "w") as handle:
             json.dump(report, handle)
     """
@@ -113,13 +181,13 @@ SAME_RESULTS_SCRIPT = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tiny: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def two_ranks(tiny: dict, tiny_meds: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two runs (global batch 9 and 41) trained by 2 ranks under torchrun, and a sharded evaluation."""
     folder = tmp_path_factory.mktemp("two-ranks")
     script = folder / "ranks.py"
     script.write_text(SAME_RESULTS_SCRIPT)
     child = subprocess.run(
-        [*TWO_RANKS, str(script), json.dumps({**tiny, "seed": 0}), str(folder)],
+        [*TWO_RANKS, str(script), json.dumps({**tiny, "seed": 0}), str(folder), str(tiny_meds)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -171,6 +239,40 @@ def test_sharded_evaluation_sums_to_the_one_process_figures(two_ranks: Path):
                 assert merged[key] == value, key  # counts, per-group accuracies: exact
 
 
+def test_each_rank_holds_its_shard_and_knows_the_whole_data(two_ranks: Path):
+    reports = [json.loads((two_ranks / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+    whole = reports[0]["whole"]
+    shards = [report["shard"] for report in reports]
+    # no rank holds every patient; together they hold each once, at its one-process position
+    assert all(0 < shard["patients"] < len(whole["ids"]) for shard in shards)
+    assert sum(shard["patients"] for shard in shards) == len(whole["ids"])
+    placed = [None] * len(whole["ids"])
+    for shard in shards:
+        for position, patient in zip(shard["index"], shard["ids"], strict=True):
+            assert placed[position] is None
+            placed[position] = patient
+    assert placed == whole["ids"]
+    # the whole data's fingerprint and report, from the shards' sums
+    for shard in shards:
+        assert shard["fingerprint"] == whole["fingerprint"]
+        assert shard["report"] == whole["report"]
+
+
+def test_meds_split_and_report_of_two_shards_are_the_one_process_ones(
+    tiny: dict, tiny_meds: Path, two_ranks: Path
+):
+    config = TrainConfig.from_dict({**tiny, "data": str(tiny_meds), "split": "meds"})
+    with pytest.warns(UserWarning, match="3 patients .* are in no split"):
+        _, whole = load_run_data(config)
+        split = run_split(whole, config)
+    reports = [json.loads((two_ranks / f"rank-{rank}.json").read_text())["meds"] for rank in (0, 1)]
+    assert sum(report["patients"] for report in reports) == whole.num_patients
+    for report in reports:
+        assert report["split"] == {name: getattr(split, name).tolist() for name in ("train", "valid", "test")}
+        assert report["fingerprint"] == whole.fingerprint
+        assert report["report"] == whole.report.as_dict()
+
+
 # ----------------------------------------------------------------------------- hapnet train --nproc
 @pytest.fixture(scope="module")
 def launched(tiny: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
@@ -181,13 +283,7 @@ def launched(tiny: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
         *("--dim", "8", "--hidden", "8", "--attention-dim", "4", "--pretrain", "none", "--dropout", "0.4"),
         *("--batch-size", "16", "--device", "cpu", "--threads", "1"),
     ]
-    child = subprocess.run(
-        [sys.executable, "-m", "hapnet", "train", "--nproc", "2", *args, "-o", str(folder / "run")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=child_env(),
-    )
+    child = train_on_two_ranks(*args, "-o", str(folder / "run"))
     return {"args": args, "folder": folder, "child": child}
 
 
@@ -204,6 +300,28 @@ def test_nproc_writes_one_run_folder_like_one_process(launched: dict, tmp_path: 
     assert [p.name for p in folder.iterdir()] == ["run"]  # no partial folder left, nothing else
     run = hapnet.load(folder / "run")
     assert run.metrics["split"] == json.loads((tmp_path / "one" / "metrics.json").read_text())["split"]
+    # the same split, vocabulary and data fingerprint as one process, from the ranks' shards
+    for name in ("split.csv", "vocab.csv"):
+        assert (folder / "run" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    configs = [json.loads((path / "config.json").read_text()) for path in (folder / "run", tmp_path / "one")]
+    assert configs[0]["data_fingerprint"] == configs[1]["data_fingerprint"]
+
+
+def test_a_bad_row_of_one_ranks_patients_is_one_line_with_its_file_line(tmp_path: Path):
+    """Rank 1 alone holds the patient of the bad row; its message names the file's line, as one
+    process does (the rank reads the whole file again for it)."""
+    rows = ["patient,visit,time,code"]
+    rows += [f"p{i},v{i}{j},2130-01-0{j + 1},A1" for i in range(30) for j in range(2)]
+    bad = next(i for i in range(10, 30) if PatientShard(1, 2).owns_ids(np.array([f"p{i}"]))[0])
+    rows[1 + 2 * bad] = rows[1 + 2 * bad].replace("2130-01-01", "someday")
+    (tmp_path / "visits.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "ontology.csv").write_text("parent,child\nA,A1\n")
+    args = ["--data", str(tmp_path / "visits.csv"), "--ontology", str(tmp_path / "ontology.csv")]
+    child = train_on_two_ranks(*args, "-o", str(tmp_path / "run"))
+    errors = [line for line in child.stderr.splitlines() if line.startswith("error:")]
+    assert child.returncode == 2 and len(errors) == 1, child.stderr
+    assert f"visits.csv, line {2 + 2 * bad}: unparsable date 'someday'" in errors[0]
+    assert "Traceback" not in child.stderr and not (tmp_path / "run").exists()
 
 
 KILLER = textwrap.dedent(
@@ -236,24 +354,14 @@ def test_a_killed_rank_is_one_line_and_the_run_resumes_to_the_same_metrics(launc
     (tmp_path / "killer" / "sitecustomize.py").write_text(KILLER)
     path = os.pathsep.join(filter(None, [str(tmp_path / "killer"), os.environ.get("PYTHONPATH")]))
     out = tmp_path / "run"
-    killed = subprocess.run(
-        [sys.executable, "-m", "hapnet", "train", "--nproc", "2", *launched["args"], "-o", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=child_env(PYTHONPATH=path, HAPNET_TEST_KILL_EPOCH="2"),
+    killed = train_on_two_ranks(
+        *launched["args"], "-o", str(out), PYTHONPATH=path, HAPNET_TEST_KILL_EPOCH="2"
     )
     errors = [line for line in killed.stderr.splitlines() if line.startswith("error:")]
     assert killed.returncode == 1 and len(errors) == 1, killed.stderr
     assert "rank 1 was killed by SIGKILL" in errors[0] and f"--resume {out} --nproc 2" in errors[0]
     assert "Traceback" not in killed.stderr and not out.exists()
-    resumed = subprocess.run(
-        [sys.executable, "-m", "hapnet", "train", "--nproc", "2", "--resume", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=child_env(),
-    )
+    resumed = train_on_two_ranks("--resume", str(out))
     assert resumed.returncode == 0, resumed.stderr
     reference = launched["folder"] / "run"
     got, want = (json.loads((run / "metrics.json").read_text()) for run in (out, reference))
@@ -264,15 +372,6 @@ def test_a_killed_rank_is_one_line_and_the_run_resumes_to_the_same_metrics(launc
 
 
 # ----------------------------------------------------------------------------- the pieces
-def test_shard_splits_a_batch_in_order_and_in_near_equal_slices():
-    batch = np.arange(100, 109)  # 9 patients on 2 ranks: 5 and 4
-    slices = [shard(batch, Process(rank, 2)) for rank in range(2)]
-    assert [s.tolist() for s in slices] == [[100, 101, 102, 103, 104], [105, 106, 107, 108]]
-    assert [len(shard(np.arange(1), Process(r, 3))) for r in range(3)] == [1, 0, 0]
-    assert [len(shard(np.arange(10), Process(r, 4))) for r in range(4)] == [3, 3, 2, 2]
-    assert shard(batch, SINGLE) is batch
-
-
 def test_dropout_seeds_differ_by_rank_and_epoch_and_repeat():
     seeds = {epoch_seed(0, rank, epoch) for rank in range(4) for epoch in range(1, 50)}
     assert len(seeds) == 4 * 49 and epoch_seed(3, 1, 2) == epoch_seed(3, 1, 2)
@@ -354,6 +453,15 @@ def test_launcher_output_is_the_ranks_lines_once_and_one_line_for_a_kill():
         assert killed.feed(line + "\n") is None
     assert killed.failure_line(1) == "rank 1 was killed by SIGKILL; torchrun stopped the other ranks"
     assert killed.exit_code(1) == 1
+
+    # torchrun saw rank 0 abort (gloo, on losing its peer) before rank 1's kill: the kill is the cause
+    aborted = LaunchOutput()
+    report = TORCHRUN_FAILURE.replace("exitcode  : -15", "exitcode  : -9").replace("{code}", "-6")
+    report = report.replace("rank      : 0", "rank      : X").replace("rank      : 1", "rank      : 0")
+    for line in report.replace("rank      : X", "rank      : 1").splitlines()[5:]:
+        aborted.feed(line + "\n")
+    assert aborted.root_cause() == (1, -9)
+    assert aborted.failure_line(1) == "rank 1 was killed by SIGKILL; torchrun stopped the other ranks"
 
 
 def test_nproc_launches_the_same_options_with_one_run_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):

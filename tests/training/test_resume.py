@@ -6,6 +6,7 @@ metrics and history of the same run left alone: same seed, same data, same machi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -386,7 +387,7 @@ def test_resume_refuses_changed_data_and_accepts_the_same_data_recompressed(
 
 
 def test_data_fingerprint_sees_every_array(small: dict):
-    from hapnet.training.runs import data_fingerprint
+    from hapnet.data.fingerprint import data_fingerprint, fingerprint_matches, legacy_data_fingerprint
 
     ontology = hapnet.load_ontology(small["ontology"])
     data = hapnet.load_visits(small["data"], ontology)
@@ -408,7 +409,19 @@ def test_data_fingerprint_sees_every_array(small: dict):
     changed.append(
         hapnet.VisitData(ontology, ids, data.patient_offsets, data.visit_offsets, data.codes, data.report)
     )
+    times = np.arange(data.num_visits, dtype=np.float64)
+    timed = dataclasses.replace(data, visit_times=times)
+    later = times.copy()
+    later[-1] += 1.0
+    changed += [timed, dataclasses.replace(data, visit_times=later)]
+    labels = np.array(["train"] * data.num_patients)
+    labelled = dataclasses.replace(data, patient_splits=labels)
+    changed += [labelled, dataclasses.replace(data, patient_splits=np.roll(labels, 1).astype("<U8"))]
+    changed[-1].patient_splits[0] = "held_out"
     assert len({base, *map(data_fingerprint, changed)}) == 1 + len(changed)
+    # a run recorded before this version still matches its data, and only it
+    assert fingerprint_matches(legacy_data_fingerprint(data), data)
+    assert not fingerprint_matches(legacy_data_fingerprint(changed[2]), data)
 
 
 def test_nan_validation_loss_stops_before_the_checkpoint_and_the_run_resumes(
