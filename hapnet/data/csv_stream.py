@@ -276,11 +276,24 @@ class _Column:
     GROUP_ROWS = 4_000_000
 
     def __init__(self) -> None:
+        # the distinct (stripped) text values of every row of the file, in order of appearance,
+        # where a shard keeps only some rows (`stream_columns(keep=...)`): how times are read is
+        # decided on the file's values, as one process reading it all decides
+        self.file_values: dict[str, None] | None = None
         self._parts: list = []  # numpy arrays (int, time) or (int32 indices, dictionary) per group
         self._pending: list[pa.Array] = []
         self._pending_rows = 0
         self._rows = 0
         self._kind = ""
+
+    def note_file_values(self, values: pa.Array) -> None:
+        """Record a block's distinct text values before a shard filters its rows."""
+        if not pa.types.is_string(values.type):
+            return
+        seen = {} if self.file_values is None else self.file_values
+        for value in pc.unique(pc.utf8_trim_whitespace(values)).to_pylist():
+            seen.setdefault(value, None)
+        self.file_values = seen
 
     def add(self, values: pa.Array) -> None:
         kind = "string"
@@ -358,7 +371,12 @@ class _Column:
         if self._kind == "int":
             return np.concatenate(self._take_parts()).astype(np.float64) * SECONDS_PER_DAY
         distinct, ids = self.factorize()
-        return parse_times(distinct, ids, source, first_line)[ids]
+        if self.file_values is None:
+            return parse_times(distinct, ids, source, first_line)[ids]
+        # a shard: parse the file's values (formats guessed as for the whole file), take its own
+        universe = np.array(list(self.file_values), dtype=object)
+        parsed = parse_times(universe, np.arange(len(universe)), source, first_line)
+        return parsed[pd.Index(universe).get_indexer(distinct)][ids]
 
 
 Column = _Column  # its public name: the parquet reader (hapnet.data.parquet_stream) fills it too
@@ -370,11 +388,15 @@ def stream_columns(
     typed: Sequence[str] = (),
     transform: Callable[[dict[str, pa.Array]], dict[str, pa.Array]] | None = None,
     keep: Callable[[dict[str, pa.Array]], np.ndarray] | None = None,
+    file_values: Sequence[str] = (),
 ) -> dict[str, _Column]:
     """Read the wanted columns (role -> index) of a whole file; roles in `typed` may parse natively.
 
     With `keep` (a block's columns -> which rows to keep: a rank's patients), only those rows are
-    kept, and role "row" holds each kept row's number in the file (0 = the first data row)."""
+    kept, and role "row" holds each kept row's number in the file (0 = the first data row). Every
+    decision about a column's reading stays the file's: an empty value in an integer column
+    re-reads it as text for every rank, and the roles in `file_values` also record the file's
+    distinct text values (`_Column.file_values`: times are parsed as the whole file's are)."""
     types = {role: csv_file.sniff_type(wanted[role], time=role == "time") for role in typed if role in wanted}
     for _attempt in range(5):  # at most: strings instead of types, then UTF-8 -> cp1252 -> latin-1
         columns: dict[str, _Column] = {}
@@ -383,6 +405,11 @@ def stream_columns(
             for batch in csv_file.batches(wanted, types):
                 block = transform(batch) if transform else batch
                 if keep is not None:
+                    if any(pa.types.is_integer(v.type) and v.null_count for v in block.values()):
+                        raise _Retry()  # as `_Column.add` would for the whole file
+                    for role in file_values:
+                        if role in block:
+                            columns.setdefault(role, _Column()).note_file_values(block[role])
                     mine = keep(block)
                     block = {role: values.filter(pa.array(mine)) for role, values in block.items()}
                     block["row"] = pa.array(np.flatnonzero(mine) + scanned, pa.int64())

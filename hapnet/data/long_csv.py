@@ -94,7 +94,9 @@ def read_long_csv(
     csv_file = CsvFile.open(path)
     wanted = _long_columns(csv_file, columns)
     keep = None if shard is None else lambda block: shard.owns(block["patient"])
-    data = stream_columns(csv_file, wanted, typed=("patient", "visit", "time"), keep=keep)
+    data = stream_columns(
+        csv_file, wanted, typed=("patient", "visit", "time"), keep=keep, file_values=("time",)
+    )
     patient_names, row_patient = data["patient"].factorize()
     patient_names, row_patient, orphans = drop_empty_patient(patient_names, row_patient)
     order = None

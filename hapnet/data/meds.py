@@ -122,20 +122,28 @@ class _Events:
             self.raw_kind[raw] = found
         return found
 
-    def add(self, batch: pa.RecordBatch, visit_column: str | None) -> None:
-        numbers = np.arange(self.scanned, self.scanned + batch.num_rows)
-        self.scanned += batch.num_rows
-        if self.shard is not None:
-            mine = self.shard.owns(batch.column("subject_id"))
-            batch, numbers = batch.filter(pa.array(mine)), numbers[mine]
-        codes = batch.column("code")
+    def _row_kinds(self, codes: pa.Array) -> tuple[np.ndarray, np.ndarray, list]:
+        """(each row's kind, as `kind_of`; its index into the distinct codes, -1 for none; those codes)."""
         if pa.types.is_dictionary(codes.type):
             codes = codes.dictionary_decode()
         encoded = pc.dictionary_encode(codes)
         dictionary = encoded.dictionary.to_pylist()
         kinds = np.array([self.kind_of(raw) for raw in dictionary] + [-1], dtype=np.int64)  # [-1]: null
         index = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-        row_kind = kinds[index]
+        return kinds[index], index, dictionary
+
+    def add(self, batch: pa.RecordBatch, visit_column: str | None) -> None:
+        numbers = np.arange(self.scanned, self.scanned + batch.num_rows)
+        self.scanned += batch.num_rows
+        if self.shard is not None:
+            subjects = batch.column("subject_id")
+            if subjects.null_count:  # diagnoses of no subject: every rank counts the file's (one note)
+                nobody = batch.filter(subjects.is_null())
+                self.orphans += int(np.count_nonzero(self._row_kinds(nobody.column("code"))[0] >= 0))
+            # rows of no subject go to the shard of the empty id: it counts their other events
+            mine = self.shard.owns(subjects)
+            batch, numbers = batch.filter(pa.array(mine)), numbers[mine]
+        row_kind, index, dictionary = self._row_kinds(batch.column("code"))
         self.events += len(row_kind)
         other = np.bincount(index[row_kind < 0] % (len(dictionary) + 1), minlength=len(dictionary) + 1)
         for i in np.flatnonzero(other).tolist():
@@ -152,7 +160,8 @@ class _Events:
         if visit_column is not None:
             visit = _visit_ids(batch.column(visit_column))
         diagnosis = row_kind >= 0
-        self.orphans += int(np.count_nonzero(diagnosis & ~subject_ok))
+        if self.shard is None:  # (a shard's were counted before the shard was cut)
+            self.orphans += int(np.count_nonzero(diagnosis & ~subject_ok))
         rows = np.flatnonzero(diagnosis & subject_ok)
         if len(rows):
             self.subject.append(subject[rows])
@@ -235,6 +244,9 @@ def read_meds(
 
 def _assemble_rows(root: Path, events: _Events, ontology: Ontology) -> LongTable:
     source = str(root)
+    shard = events.shard
+    # what a shard counts is its patients' alone: its messages say so (no two pass as one)
+    said = source if shard is None else f"{source} (the patients of shard {shard.index + 1} of {shard.count})"
     subject = np.concatenate(events.subject) if events.subject else np.zeros(0, dtype=np.int64)
     own_time = np.concatenate(events.time) if events.time else np.zeros(0)
     row_code = np.concatenate(events.code) if events.code else np.zeros(0, dtype=np.int64)
@@ -277,7 +289,7 @@ def _assemble_rows(root: Path, events: _Events, ontology: Ontology) -> LongTable
     timeless = ~has_id & np.isnan(own_time)
     if timeless.any():
         message = (
-            f"{source}: {int(timeless.sum()):,} diagnosis events have neither a time nor a visit id "
+            f"{said}: {int(timeless.sum()):,} diagnosis events have neither a time nor a visit id "
             f"({', '.join(VISIT_COLUMNS)}): they belong to no visit and were left out"
         )
         warnings.warn(message, stacklevel=4)
@@ -290,12 +302,12 @@ def _assemble_rows(root: Path, events: _Events, ontology: Ontology) -> LongTable
         np.asarray(events.systems, dtype=np.int8)[row_code],
         np.where(row_visit >= 0, row_patient * num_visits + row_visit, -1),
         ontology,
-        source,
+        said,
     )
     notes += settled.notes
     keep = ~timeless if settled.keep is None else settled.keep & ~timeless
     other = sum(events.other.values())  # shown by kind in the report's "other events" row
-    if events.orphans:
+    if events.orphans:  # the file's count, on every shard alike
         notes.append(f"{events.orphans:,} diagnosis events without a subject_id left out")
     return LongTable(
         source=source,

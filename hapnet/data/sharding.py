@@ -31,7 +31,7 @@ class PatientShard:
     count: int
 
     def owns_ids(self, ids: np.ndarray) -> np.ndarray:
-        """Which of these patient ids (text, whitespace stripped) are this shard's."""
+        """Which of these patient ids are this shard's (ids as text, already stripped of spaces)."""
         hashes = pd.util.hash_array(np.asarray(ids, dtype=object), categorize=False)
         return hashes % np.uint64(self.count) == np.uint64(self.index)
 
@@ -52,12 +52,14 @@ class PatientShard:
     def select(self, rows: LongTable) -> LongTable:
         """A whole source's table -> the rows of this shard's patients (for sources read at once:
         MIMIC, OMOP, data frames). Patients keep their index in the full table as order key."""
-        mine = self.owns_ids(rows.patient_names)
+        mine = self.owns_ids(rows.patient_names) if len(rows.patient_names) else np.zeros(0, dtype=bool)
         kept_patients = np.flatnonzero(mine)
         new_index = np.full(len(mine) + 1, -1, dtype=np.int64)  # [-1]: rows of no patient stay -1
         new_index[kept_patients] = np.arange(len(kept_patients))
         own_orphans = bool(self.owns_ids(np.array([""]))[0])  # rows of no patient: one shard has them
-        keep = (rows.patient >= 0) & mine[np.maximum(rows.patient, 0)] | ((rows.patient < 0) & own_orphans)
+        has_patient = rows.patient >= 0
+        keep = (rows.patient < 0) & own_orphans
+        keep[has_patient] = mine[rows.patient[has_patient]]
         order = np.arange(len(mine)) if rows.patient_order is None else rows.patient_order
         return replace(
             rows,

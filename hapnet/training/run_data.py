@@ -13,10 +13,9 @@ with exactly the split, vocabulary, frequency groups, GloVe and batches of a one
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import warnings
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from hapnet.data.sharding import PatientShard
 from hapnet.data.splits import Split, make_split, target_counts
 from hapnet.data.visits import DataReport, VisitData
 from hapnet.data.vocabulary import Vocabulary
-from hapnet.errors import HapnetError, InputError
+from hapnet.errors import HapnetError
 from hapnet.models.glove import Cooccurrence, sum_cooccurrences
 from hapnet.ontology.graph import Ontology
 from hapnet.training.config import TrainConfig
@@ -66,6 +65,7 @@ class RunData:
     num_patients: int  # in the whole data
     report: DataReport
     fingerprint: str
+    nodes: np.ndarray  # the ontology nodes that occur in the whole data, sorted
     process: Process = SINGLE
 
     def local(self, patients: np.ndarray) -> np.ndarray:
@@ -79,11 +79,17 @@ class RunData:
         return where[found]
 
     def matches(self, recorded: str) -> bool:
-        """Whether a fingerprint recorded by an older version is this data's (one process only:
-        that fingerprint needs the whole data)."""
+        """Whether a fingerprint recorded by an older version is this data's. That one needs the
+        whole data: a distributed run cannot tell it from a change, and says so."""
         if recorded == self.fingerprint:
             return True
-        return not self.process.distributed and recorded == legacy_data_fingerprint(self.data)
+        if self.process.distributed:
+            raise HapnetError(
+                f"the run's data fingerprint ({recorded[:12]}) is not this data's ({self.fingerprint[:12]}): "
+                "the data changed, or the run started before hapnet read data by shards, whose "
+                "fingerprint only one process can check; resume it in one process (without --nproc) to know"
+            )
+        return recorded == legacy_data_fingerprint(self.data)
 
 
 def load_run_data(config: TrainConfig, process: Process = SINGLE) -> tuple[Ontology, RunData]:
@@ -91,72 +97,90 @@ def load_run_data(config: TrainConfig, process: Process = SINGLE) -> tuple[Ontol
     if not process.distributed:
         ontology, data = load_training_data(config)
         whole = np.arange(len(data.patient_ids))
-        return ontology, RunData(data, whole, len(whole), data.report, data_fingerprint(data))
+        nodes = np.flatnonzero(np.bincount(data.codes, minlength=len(ontology)))
+        return ontology, RunData(data, whole, len(whole), data.report, data_fingerprint(data), nodes)
     ontology = training_ontology(config)
     from_main(process, lambda: training_data_path(config), share=False)  # the built-in set: made once
     path = training_data_path(config)  # (again on other machines, where rank 0's cache is not)
-    check_same(process, _source_signature(path), "data files (sizes)")
-    with _warnings_once(process):
-        data, keys = _load_shard(config, ontology, path, process)
+    check_same(process, source_signature(path), "data files")
+    data, keys = _load_shard(config, ontology, path, process)
     # Where each patient stands in the whole data: every shard's order keys, sorted together.
     every = np.sort(np.concatenate(all_gather(process, keys, "the patients' order")))
     index = np.searchsorted(every, keys).astype(np.int64)
-    if len(every) < MIN_PATIENTS:  # refused: in the words of one process (no row, no known code, ...)
-        load_training_data(config)
+    if len(every) < MIN_PATIENTS:  # refused in the words of one process (no row, no known code, ...)
+        from_main(process, lambda: load_training_data(config), share=False)
         check_enough_patients(path, len(every))
     summed = all_gather(process, (fingerprint_sums(data, index), data.report), "data reports")
     fingerprint = fingerprint_from_sums([sums for sums, _ in summed], len(every))
-    report = merge_reports(
-        [report for _, report in summed], distinct_codes=len(observed_nodes(data, process))
-    )
-    return ontology, RunData(data, index, len(every), report, fingerprint, process)
+    (counts,) = sum_arrays(process, [np.bincount(data.codes, minlength=len(ontology))])
+    nodes = np.flatnonzero(counts)
+    report = merge_reports([report for _, report in summed], distinct_codes=len(nodes))
+    return ontology, RunData(data, index, len(every), report, fingerprint, nodes, process)
 
 
 def _load_shard(
     config: TrainConfig, ontology: Ontology, path: str | Path, process: Process
 ) -> tuple[VisitData, np.ndarray]:
-    """This rank's shard. A bad file is reported as one process reports it: a shard's rows are not
-    the file's lines, so on an error the rank reads the whole source again for the exact message."""
+    """This rank's shard, its warnings shown once by rank 0 (`once_or_by_rank`).
+
+    A bad file is reported as one process reports it: the ranks tell each other whether their
+    load failed, and if one did, rank 0 reads the whole source for the exact message (a shard's
+    rows are not the file's lines, nor its counts the file's), which every rank then raises."""
     settings = dict(columns=config.columns, unknown=config.unknown, code_pattern=config.code_pattern)
     shard = PatientShard(process.rank, process.world_size)
-    try:
-        return load_shard(path, ontology, shard, **settings)  # type: ignore[arg-type]
-    except InputError as shard_error:
-        try:
-            load_training_data(config)
-        except HapnetError as whole_error:
-            raise whole_error from None
-        raise shard_error from None
-
-
-def _source_signature(path: str | Path) -> str:
-    """The data's files and sizes: every rank must read the same data (each keeps its patients)."""
-    root = Path(path)
-    try:
-        files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
-        return ";".join(f"{f.relative_to(root) if f != root else f.name}:{f.stat().st_size}" for f in files)
-    except OSError:
-        return "unreadable"  # the load reports it in its own words
-
-
-@contextmanager
-def _warnings_once(process: Process) -> Iterator[None]:
-    """Rank 0 shows the warnings of every rank's load once: those all ranks gave as they are, the
-    others (they count a shard's rows) tagged with their rank."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        yield
-    mine = list(dict.fromkeys((str(w.message), w.category) for w in caught))
-    every = all_gather(process, mine, "warnings")
-    if not process.is_main:
-        return
-    for rank, messages in enumerate(every):
-        for message, category in messages:
-            if all((message, category) in other for other in every):
+        try:
+            loaded, failure = load_shard(path, ontology, shard, **settings), None  # type: ignore[arg-type]
+        except HapnetError as exc:  # InputError included
+            loaded, failure = None, str(exc)
+    said = list(dict.fromkeys((str(w.message), w.category) for w in caught))
+    outcomes = all_gather(process, (failure, said), "how the ranks' loads went")
+    failed = [(rank, text) for rank, (text, _) in enumerate(outcomes) if text is not None]
+    if failed:
+        from_main(process, lambda: load_training_data(config), share=False)  # raises, on every rank
+        rank, text = failed[0]  # the whole source loads (a shard's own trouble): that rank's words
+        raise HapnetError(text if rank == 0 or text.startswith("rank ") else f"rank {rank}: {text}")
+    if process.is_main:
+        category = {message: kind for _, messages in outcomes for message, kind in messages}
+        for shown, message in once_or_by_rank([[m for m, _ in messages] for _, messages in outcomes]):
+            warnings.warn(shown, category[message], stacklevel=4)
+    assert loaded is not None
+    return loaded
+
+
+def source_signature(path: str | Path) -> str:
+    """The data's files, sizes and first and last 64 KB, as a digest: every rank must read the same
+    data (each keeps its own patients), on every machine."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    try:
+        files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+        for file in files:
+            size = file.stat().st_size
+            digest.update(f"{file.relative_to(root) if file != root else file.name}:{size}".encode())
+            with open(file, "rb") as handle:
+                digest.update(handle.read(1 << 16))
+                handle.seek(max(0, size - (1 << 16)))
+                digest.update(handle.read(1 << 16))
+    except OSError:
+        return "unreadable"  # the load reports it in its own words
+    return digest.hexdigest()
+
+
+def once_or_by_rank(per_rank: list[list[str]]) -> list[tuple[str, str]]:
+    """Messages of every rank (warnings, report notes) as rank 0 shows them, (shown, message): one
+    that every rank gave, once; the others with their rank ("rank R's patients: ..."). A message
+    counting a shard's rows names its shard (the MEDS reader), so no two ranks' counts pass as one."""
+    shown: dict[str, str] = {}
+    for rank, messages in enumerate(per_rank):
+        for message in messages:
+            if all(message in other for other in per_rank):
                 if rank == 0:
-                    warnings.warn(message, category, stacklevel=4)
+                    shown[message] = message
             else:
-                warnings.warn(f"rank {rank}'s patients: {message}", category, stacklevel=4)
+                shown[f"rank {rank}'s patients: {message}"] = message
+    return list(shown.items())
 
 
 def merge_reports(reports: list[DataReport], distinct_codes: int) -> DataReport:
@@ -175,14 +199,7 @@ def merge_reports(reports: list[DataReport], distinct_codes: int) -> DataReport:
         resolved.update(report.resolved)
         other_kinds.update(report.other_kinds)
     by_status = np.bincount(np.fromiter(resolved.values(), np.int64, len(resolved)), minlength=3)
-    notes = []
-    for rank, report in enumerate(reports):
-        for note in report.notes:
-            if all(note in other.notes for other in reports):
-                if rank == 0:
-                    notes.append(note)
-            else:
-                notes.append(f"rank {rank}'s patients: {note}")
+    notes = [shown for shown, _ in once_or_by_rank([report.notes for report in reports])]
     return dataclasses.replace(
         first,
         **summed,
@@ -196,32 +213,26 @@ def merge_reports(reports: list[DataReport], distinct_codes: int) -> DataReport:
     )
 
 
-def observed_nodes(data: VisitData, process: Process) -> np.ndarray:
-    """The ontology nodes that occur in the whole data (sorted)."""
-    (counts,) = sum_arrays(process, [np.bincount(data.codes, minlength=len(data.ontology))])
-    return np.flatnonzero(counts)
-
-
 def run_vocabulary(run_data: RunData, ontology: Ontology) -> Vocabulary:
     """The classes a run predicts: every code of the whole data."""
-    return Vocabulary.from_nodes(observed_nodes(run_data.data, run_data.process), len(ontology))
+    return Vocabulary.from_nodes(run_data.nodes, len(ontology))
 
 
 def run_split(run_data: RunData, config: TrainConfig) -> Split:
     """The run's split (`make_split`) of the whole data, in positions of the whole data. With
-    `--split meds`, every rank gathers the labels (one string a patient)."""
+    `--split meds`, the ranks exchange every patient's label, coded (4 bytes a patient)."""
     labels = run_data.data.patient_splits
-    if config.split == "meds" and labels is not None and run_data.process.distributed:
-        whole = np.empty(run_data.num_patients, dtype=object)
-        for index, part in all_gather(run_data.process, (run_data.index, labels), "split labels"):
-            whole[index] = part
-        labels = whole.astype(str)
-    if config.split == "meds" and not run_data.process.is_main:
-        with warnings.catch_warnings():  # rank 0 says it
-            warnings.simplefilter("ignore")
-            return make_split(
-                config.split, run_data.num_patients, labels, run_data.report.source, config.seed
-            )
+    if config.split == "meds" and run_data.process.distributed:
+        coded = None if labels is None else np.unique(labels, return_inverse=True)
+        parts = all_gather(run_data.process, (run_data.index, coded), "split labels")
+        if all(part is not None for _, part in parts):
+            names = np.unique(np.concatenate([part[0] for _, part in parts]))
+            whole = np.zeros(run_data.num_patients, dtype=np.int32)
+            for index, (values, codes) in parts:
+                whole[index] = np.searchsorted(names, values)[codes]
+            labels = names[whole]
+        else:  # a source without split labels: refused below, in the same words on every rank
+            labels = None
     return make_split(config.split, run_data.num_patients, labels, run_data.report.source, config.seed)
 
 

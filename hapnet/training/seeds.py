@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from hapnet.data.fingerprint import fingerprint_matches
+from hapnet.data.fingerprint import data_fingerprint, fingerprint_matches
 from hapnet.errors import HapnetError, InputError, error_summary
 from hapnet.training.config import TrainConfig, differing_settings
 from hapnet.training.metrics import NUM_GROUPS, SCORE_LABELS
@@ -253,7 +253,7 @@ def _finished_seeds(config: TrainConfig, seeds: list[int], out: Path) -> dict[in
     """The metrics of the seeds whose run is complete, checked: damaged, or trained on other data,
     they are refused (before the sweep writes anything)."""
     finished = {}
-    data = None  # read only if there are finished seeds to reuse
+    data, now = None, ""  # read only if there are finished seeds to reuse
     for seed in seeds:
         run_dir = out / f"seed-{seed}"
         if not (is_run_dir(run_dir) and (run_dir / METRICS).exists()):
@@ -265,7 +265,8 @@ def _finished_seeds(config: TrainConfig, seeds: list[int], out: Path) -> dict[in
         recorded = metrics.get(DATA_FINGERPRINT)
         if recorded is not None and data is None:
             data = load_training_data(config)[1]
-        if recorded is not None and not fingerprint_matches(recorded, data):  # type: ignore[arg-type]
+            now = data_fingerprint(data)
+        if recorded is not None and not fingerprint_matches(recorded, data, now):  # type: ignore[arg-type]
             raise HapnetError(f"{run_dir}: trained on other data (use --force to start the sweep over)")
         finished[seed] = metrics
     return finished

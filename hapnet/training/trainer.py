@@ -460,7 +460,7 @@ def _final_metrics(session: _Session, progress: _Progress) -> dict[str, Any]:
         "split": {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)},
         "codes": len(session.vocab),
         "device": str(session.device),
-        "data_fingerprint": session.data.fingerprint,  # which data the run used (sha256 of the loaded arrays)
+        "data_fingerprint": session.data.fingerprint,  # which data the run used (hapnet.data.fingerprint)
     }
 
 
