@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -70,4 +71,29 @@ app.command()(perf.reproduce)
 
 
 def main() -> None:
-    app()
+    if not _is_rank_of_distributed_run():
+        app()
+        return
+    # A rank of `torchrun -m hapnet ...` / `--nproc`: once its process group is destroyed, it leaves
+    # without the interpreter's teardown. torch 2.13's gloo sometimes aborts there ("terminate
+    # called without an active exception", SIGABRT) after a clean destroy_process_group (about 1
+    # launch in 10-30, also in a plain torch script), and torchrun would then report a finished
+    # run as failed. Everything is written and flushed by then (docs/scaling.md).
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _is_rank_of_distributed_run() -> bool:
+    """WORLD_SIZE > 1, as torchrun sets it (without importing torch: the CLI starts without it)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False  # the run refuses it, in one line

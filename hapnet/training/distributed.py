@@ -481,6 +481,7 @@ class LaunchOutput:
         self.held: list[str] = []
         self.report: list[str] = []
         self.explained = False  # a rank-0 error line was shown
+        self.lost: set[int] = set()  # ranks that reported losing a peer
         self.terminated = False  # the launcher was asked to stop (SIGTERM)
 
     def feed(self, line: str) -> str | None:
@@ -492,6 +493,9 @@ class LaunchOutput:
         if _AGENT_LOG.match(text) or text.startswith("Setting OMP_NUM_THREADS") or set(text.strip()) == {"*"}:
             return None
         if text.startswith("error: "):
+            if PEER_LOST in text:  # a consequence: which rank lost its peer
+                rank = _RANK_ERROR.match(text)
+                self.lost.add(int(text.split()[2].rstrip(":")) if rank else 0)
             if _RANK_ERROR.match(text) or PEER_LOST in text:
                 self.held.append(text[len("error: ") :])
                 return None
@@ -504,9 +508,10 @@ class LaunchOutput:
 
     def root_cause(self) -> tuple[int | None, int | None]:
         """(rank, exit code) of the failure that ended the run, from torchrun's report; a signal
-        is negative. torchrun names the first failure it observed, but a rank that loses its peer
-        may abort (SIGABRT, from gloo) before torchrun sees the peer's own end: then the peer's
-        failure (a kill, an error) is the cause."""
+        is negative. torchrun names the first failure it observed, but that may be a consequence
+        of another rank's end, seen sooner: a rank that lost its peer (its "lost contact" line, or
+        gloo's SIGABRT) or that torchrun stopped (SIGTERM). The first failure that is no
+        consequence (a kill, an error of its own) is the cause."""
         text = "\n".join(self.report)
         failures = [
             (int(rank), int(code))
@@ -518,9 +523,9 @@ class LaunchOutput:
         rank = re.search(r"\brank\s*:\s*(\d+)", cause)
         code = re.search(r"\bexitcode\s*:\s*(-?\d+)", cause)
         first = (int(rank.group(1)) if rank else None, int(code.group(1)) if code else None)
-        if first[1] == -signal.SIGABRT:
-            return next((f for f in failures if f[1] != -signal.SIGABRT), first)
-        return first
+        consequences = (-signal.SIGABRT, -signal.SIGTERM)
+        causes = [f for f in [first, *failures] if f[1] not in consequences and f[0] not in self.lost]
+        return causes[0] if causes else first
 
     def failure_line(self, code: int) -> str | None:
         """The line that explains a failed run where no shown line did (None: one did)."""

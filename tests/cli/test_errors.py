@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,22 @@ def test_a_long_path_in_a_command_table_is_printed_whole(
     header = next(line for line in result.stdout.splitlines() if "reference (" in line)
     assert f"reference ({reference})" in header and "…" not in result.stdout
     assert os.environ.get("COLUMNS") is None
+
+
+def test_a_torchrun_rank_leaves_without_the_interpreters_teardown(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """torchrun's ranks end with os._exit(code) (gloo may abort in the teardown); one process does not."""
+    from hapnet.cli import main as cli_main
+
+    exits: list[int] = []
+    monkeypatch.setattr(cli_main.os, "_exit", exits.append)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for argv in (["hapnet", "models"], ["hapnet", "models", "--nope"]):
+        monkeypatch.setattr(sys, "argv", argv)
+        cli_main.main()
+    assert exits == [0, 2]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(SystemExit) as one_process:
+        cli_main.main()  # the last argv: a usage error, exit 2 the usual way
+    assert one_process.value.code == 2 and exits == [0, 2]

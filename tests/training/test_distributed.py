@@ -463,6 +463,15 @@ def test_launcher_output_is_the_ranks_lines_once_and_one_line_for_a_kill():
     assert aborted.root_cause() == (1, -9)
     assert aborted.failure_line(1) == "rank 1 was killed by SIGKILL; torchrun stopped the other ranks"
 
+    # ... or rank 0 stopped on losing its peer (exit 2) before torchrun saw rank 1's kill
+    lost_first = LaunchOutput()
+    report = TORCHRUN_FAILURE.replace("exitcode  : -15", "exitcode  : -9").replace("{code}", "2")
+    report = report.replace("rank      : 0", "rank      : X").replace("rank      : 1", "rank      : 0")
+    for line in [lost, *report.replace("rank      : X", "rank      : 1").splitlines()[5:]]:
+        lost_first.feed(line + "\n")
+    assert lost_first.root_cause() == (1, -9) and lost_first.exit_code(1) == 1
+    assert lost_first.failure_line(1) == "rank 1 was killed by SIGKILL; torchrun stopped the other ranks"
+
 
 def test_nproc_launches_the_same_options_with_one_run_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     calls = []
