@@ -8,7 +8,6 @@ and its own ontology.npz): no model is built.
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from collections.abc import Sequence
@@ -41,7 +40,7 @@ from hapnet.training.runs import (  # noqa: E402
     run_ontology,
 )
 from hapnet.utils.paths import check_output_location  # noqa: E402
-from hapnet.utils.textio import atomic_path  # noqa: E402
+from hapnet.utils.textio import atomic_path, read_json_object  # noqa: E402
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -130,12 +129,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     def bad(reason: str) -> InputError:
         return InputError(path, f"not a hapnet run configuration ({reason})")
 
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:  # invalid JSON or text
-        raise bad(error_summary(exc)) from None
-    if not isinstance(config, dict):
-        raise bad(f"a JSON {type(config).__name__}, expected an object")
+    config = read_json_object(path, "a hapnet run configuration")
     for key, types in CONFIG_TYPES.items():
         value = config.get(key)
         if key in config and (

@@ -42,7 +42,7 @@ from hapnet.training.config import TrainConfig
 from hapnet.training.metrics import AUC_CODES, NUM_GROUPS, SCORE_LABELS
 from hapnet.training.setup import build_model
 from hapnet.utils.paths import check_output_location, first_missing
-from hapnet.utils.textio import atomic_path
+from hapnet.utils.textio import atomic_path, read_json_object
 
 CONFIG, METRICS, HISTORY, VOCAB, CHECKPOINT, EMBEDDINGS = (
     "config.json",
@@ -302,16 +302,6 @@ def is_run_dir(path: str | Path) -> bool:
     return (path / CONFIG).is_file() and (path / CHECKPOINT).is_file() and (path / VOCAB).is_file()
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise HapnetError(f"{path}: unreadable ({error_summary(exc)})") from None
-    if not isinstance(value, dict):
-        raise HapnetError(f"{path}: not a hapnet run file (a JSON object expected)")
-    return value
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -354,11 +344,7 @@ def check_metrics(path: str | Path, metrics: Any) -> dict[str, Any]:
 
 def read_metrics(path: str | Path) -> dict[str, Any]:
     """A finished run's metrics.json, read and checked (`check_metrics`)."""
-    try:
-        metrics = json.loads(Path(path).read_text(encoding="utf-8"))
-    except ValueError as exc:  # invalid JSON or text
-        raise InputError(path, f"not a hapnet metrics file ({error_summary(exc)})") from None
-    return check_metrics(path, metrics)
+    return check_metrics(path, read_json_object(Path(path), "a hapnet metrics file"))
 
 
 def run_ontology(path: Path, saved: dict[str, Any]) -> Ontology:
@@ -400,7 +386,7 @@ def load(run_dir: str | Path, device: str = "cpu") -> Run:
     path = Path(run_dir)
     if not is_run_dir(path):
         raise HapnetError(f"{path}: not a hapnet run folder (expected {CONFIG}, {VOCAB} and {CHECKPOINT})")
-    saved = _read_json(path / CONFIG)
+    saved = read_json_object(path / CONFIG, "a hapnet run configuration")
     try:
         config = TrainConfig.from_saved(saved).validate()
     except (HapnetError, ValueError, KeyError, TypeError) as exc:

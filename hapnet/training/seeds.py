@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import operator
 import shutil
 from collections.abc import Sequence
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from hapnet.data.fingerprint import data_fingerprint, fingerprint_matches
-from hapnet.errors import HapnetError, InputError, error_summary
+from hapnet.errors import HapnetError, InputError
 from hapnet.training.config import TrainConfig, differing_settings
 from hapnet.training.metrics import NUM_GROUPS, SCORE_LABELS
 from hapnet.training.naming import GROUP_LABELS, run_label
@@ -30,7 +29,7 @@ from hapnet.training.runs import (
 from hapnet.training.setup import load_training_data
 from hapnet.training.trainer import resume, train
 from hapnet.utils.paths import check_output_location, first_missing
-from hapnet.utils.textio import atomic_path
+from hapnet.utils.textio import atomic_path, read_json_object
 
 MAX_SEEDS = 10_000  # a sweep larger than this is a typo (0-10000000 would fill the memory first)
 
@@ -182,15 +181,10 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
     manifest = out / SWEEP_MANIFEST
     if not manifest.exists():
         return None
-    try:
-        values = json.loads(manifest.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        values, problem = None, error_summary(exc)
-    else:
-        valid = isinstance(values, dict) and isinstance(values.get("config", {}), dict)
-        problem = None if valid else "no `config` object"
-    if problem is not None:
-        raise InputError(manifest, f"not a hapnet seed sweep manifest ({problem}); use --force to start over")
+    what, hint = "a hapnet seed sweep manifest", "; use --force to start over"
+    values = read_json_object(manifest, what, hint)
+    if not isinstance(values.get("config", {}), dict):
+        raise InputError(manifest, f"not {what} (no `config` object){hint}")
     return values
 
 

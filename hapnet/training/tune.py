@@ -38,6 +38,7 @@ from hapnet.training.config import (
 )
 from hapnet.training.progress import TrainCallbacks, format_score
 from hapnet.utils.paths import check_output_location, first_missing
+from hapnet.utils.textio import read_json_object
 
 if TYPE_CHECKING:
     import optuna
@@ -491,18 +492,10 @@ def _check_out(out: str | Path, force: bool, study_name: str, storage: str | Non
 
 
 def _read_manifest(out: Path) -> dict[str, Any] | None:
-    import json
-
     path = out / MANIFEST
     if not path.is_file():
         return None
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"not a hapnet tune manifest ({error_summary(exc)}); use --force") from None
-    if not isinstance(values, dict):
-        raise InputError(path, "not a hapnet tune manifest; use --force")
-    return values
+    return read_json_object(path, "a hapnet tune manifest", "; use --force")
 
 
 def _clear_old_outputs(out: Path, force: bool, storage: str | None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import json
 import os
 import re
 import shutil
@@ -15,8 +16,9 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from hapnet.errors import InputError
+from hapnet.errors import InputError, error_summary
 
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -221,3 +223,16 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
+
+
+def read_json_object(path: Path, what: str, hint: str = "") -> dict[str, Any]:
+    """A JSON object file hapnet wrote (a run's config.json or metrics.json, a sweep's or a study's
+    manifest); anything else is refused in one line, `not WHAT (why)HINT`. Errors reading the
+    file itself are OSErrors (the CLI says them in one line)."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as exc:  # invalid JSON or text
+        raise InputError(path, f"not {what} ({error_summary(exc)}){hint}") from None
+    if not isinstance(value, dict):
+        raise InputError(path, f"not {what} (a JSON {type(value).__name__}, expected an object){hint}")
+    return value

@@ -150,11 +150,15 @@ def test_a_damaged_metrics_file_of_a_finished_seed_is_one_line(
 def test_a_damaged_sweep_manifest_is_one_line(sweep: Path, config: TrainConfig, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     shutil.copytree(sweep, out)
-    (out / "seeds.json").write_text('["not", "a", "manifest"]')
-    with pytest.raises(
-        InputError, match=r"seeds.json: not a hapnet seed sweep manifest \(no `config` object\)"
+    for text, why in (
+        ('["not", "a", "manifest"]', "a JSON list, expected an object"),
+        ('{"config": 3}', "no `config` object"),
     ):
-        train_seeds(config, [0, 1], out)
+        (out / "seeds.json").write_text(text)
+        with pytest.raises(
+            InputError, match=rf"seeds.json: not a hapnet seed sweep manifest \({why}\); use --force"
+        ):
+            train_seeds(config, [0, 1], out)
 
 
 def test_finished_seeds_are_reused_and_force_trains_again(

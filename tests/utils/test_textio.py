@@ -19,6 +19,7 @@ from hapnet.utils.textio import (
     entry_exists,
     legacy_encoding,
     read_bytes,
+    read_json_object,
     read_text,
     utf16_encoding,
 )
@@ -155,3 +156,15 @@ def test_permission_denied_for_real(tmp_path: Path) -> None:
             read_text(path)
     finally:
         path.chmod(0o600)
+
+
+def test_read_json_object_gives_the_object_or_one_line_naming_the_file(tmp_path: Path):
+    path = tmp_path / "x.json"
+    path.write_text('{"a": 1}')
+    assert read_json_object(path, "a thing") == {"a": 1}
+    for text, why in (("{oops", "Expecting property name"), ("[1]", "a JSON list, expected an object")):
+        path.write_text(text)
+        with pytest.raises(InputError) as caught:
+            read_json_object(path, "a thing", "; hint")
+        assert str(caught.value).startswith(f"{path}: not a thing (") and why in str(caught.value)
+        assert str(caught.value).endswith("; hint")
