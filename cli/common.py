@@ -64,6 +64,19 @@ OntologyOpt = Annotated[
     str, typer.Option(help="Built-in ontology name (`hapnet ontology list`) or ontology file.")
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA if there is a GPU), cpu, cuda or cuda:N.")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", help="A model of the registry (`hapnet models` lists them).")
+]
+LevelsOpt = Annotated[
+    int | None, typer.Option(help="Use only the lowest K levels of the ontology (default: all).")
+]
+SynthPatientsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--synth-patients",
+        help=f"Size of the built-in synthetic data (default {TRAIN_DEFAULTS.synth_patients:,}).",
+    ),
+]
 ColumnsOpt = Annotated[
     str | None,
     typer.Option(
@@ -126,7 +139,8 @@ def internal_error_message(exc: BaseException) -> str:
     )
 
 
-def _print_error(message: str) -> None:
+def print_error(message: str) -> None:
+    """A refusal as hapnet shows it: one red `error:` line on stderr."""
     err_console.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
 
 
@@ -149,7 +163,7 @@ def user_errors(command: F) -> F:
             except _FRAMEWORK_EXCEPTIONS:
                 raise
             except HapnetError as exc:
-                _print_error(str(exc))
+                print_error(str(exc))
                 raise typer.Exit(EXIT_USER_ERROR) from None
             except KeyboardInterrupt:
                 err_console.print("interrupted", highlight=False)
@@ -157,12 +171,12 @@ def user_errors(command: F) -> F:
             except OSError as exc:
                 if os.environ.get(TRACEBACK_VARIABLE) == "1":
                     raise
-                _print_error(os_error_message(exc))
+                print_error(os_error_message(exc))
                 raise typer.Exit(EXIT_USER_ERROR) from None
             except Exception as exc:
                 if os.environ.get(TRACEBACK_VARIABLE) == "1":
                     raise
-                _print_error(internal_error_message(exc))
+                print_error(internal_error_message(exc))
                 raise typer.Exit(EXIT_INTERNAL_ERROR) from None
 
     return wrapper  # type: ignore[return-value]

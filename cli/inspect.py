@@ -63,7 +63,8 @@ def predict(
 ) -> None:
     """The codes expected at a patient's next visit, most probable first."""
     # torch loads here, when the command runs
-    from hapnet.inspect.predict import check_k, parse_history, patient_history, predict_next_visit
+    from hapnet.errors import check_k
+    from hapnet.inspect.predict import parse_history, patient_history, predict_next_visit
     from hapnet.training.runs import load
     from hapnet.utils.device import resolve_device
 
@@ -133,14 +134,15 @@ def explain(
     as_json: AsJson = False,
 ) -> None:
     """Where a code's final embedding comes from: the weight of every node's base embedding."""
+    from hapnet.errors import check_k
     from hapnet.inspect.explain import RELATION_HELP, explain_code  # torch: when the command runs
-    from hapnet.inspect.predict import check_k
     from hapnet.training.runs import load
     from hapnet.utils.device import resolve_device
+    from hapnet.utils.paths import check_output_location
 
     check_k(k)  # before the run loads
-    if png is not None and png.exists() and not force:
-        raise HapnetError(f"{png}: already exists (use --force to overwrite)")
+    if png is not None:
+        check_output_location(png, force=force)
     result = explain_code(load(run_dir, device=str(resolve_device(device))), code)
     if png is not None:
         from hapnet.inspect.plots import plot_explanation  # matplotlib: only when a figure is asked for

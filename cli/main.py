@@ -8,11 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import typer
-from rich.markup import escape
 from typer.core import TyperGroup
 
 from hapnet.cli import data_stats, embed, inspect, models, ontology, perf, synth, train, tune
-from hapnet.cli.common import err_console, one_line
+from hapnet.cli.common import print_error
 
 
 class OneLineUsageErrors(TyperGroup):
@@ -35,13 +34,12 @@ class OneLineUsageErrors(TyperGroup):
             if type(error).__name__ == "NoArgsIsHelpError":  # the help is shown: nothing to add
                 sys.exit(error.exit_code)
             where = f" (see `{error.ctx.command_path} --help`)" if getattr(error, "ctx", None) else ""
-            message = escape(one_line(error.format_message()) + where)
-            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            print_error(error.format_message() + where)
             code = error.exit_code
         except typer.Abort:
             if not standalone_mode:
                 raise
-            err_console.print("[bold red]error:[/] aborted", highlight=False)
+            print_error("aborted")
             code = 1
         if not standalone_mode:
             return code

@@ -25,9 +25,7 @@ from hapnet.cli.common import (
 )
 from hapnet.cli.common import TRAIN_DEFAULTS as DEFAULTS
 from hapnet.cli.display import RichCallbacks
-from hapnet.data.synth import DEFAULT_PATIENTS
 from hapnet.errors import HapnetError
-from hapnet.ontology.builtins import DEFAULT_ONTOLOGY
 from hapnet.perf.settings import BENCH_DEFAULTS
 from hapnet.training.config import ONTOLOGY_SCOPES, PRESETS
 
@@ -81,7 +79,7 @@ def bench_table(result: dict[str, Any]) -> Table:
 def bench(
     ontology: Annotated[
         str | None,
-        typer.Option(help=f"{OntologyOpt.__metadata__[0].help} (default {DEFAULT_ONTOLOGY})"),
+        typer.Option(help=f"{OntologyOpt.__metadata__[0].help}" + bench_default("ontology")),
     ] = None,
     model: Annotated[str | None, typer.Option(help="hap, gram or both." + bench_default("model"))] = None,
     dim: Annotated[
@@ -111,7 +109,8 @@ def bench(
     patients: Annotated[
         int | None,
         typer.Option(
-            help=f"Synthetic patients, which set the code vocabulary (default {DEFAULT_PATIENTS:,})."
+            help="Synthetic patients, which set the code vocabulary"
+            f" (default {BENCH_DEFAULTS['patients']:,}).",
         ),
     ] = None,
     matmul_size: Annotated[
@@ -130,7 +129,7 @@ def bench(
     ] = None,
     naive: Annotated[
         bool, typer.Option("--naive/--no-naive", help="Also time the naive reference.", metavar=FLAG)
-    ] = True,
+    ] = BENCH_DEFAULTS["naive"],
     as_json: AsJson = False,
 ) -> None:
     """Time propagation and one training step of HAP / GRAM against the naive reference port

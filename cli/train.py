@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from hapnet.cli.common import (
     FLAG,
@@ -16,12 +15,14 @@ from hapnet.cli.common import (
     ColumnsOpt,
     ConfigOpt,
     DeviceOpt,
+    LevelsOpt,
+    ModelOpt,
     OntologyOpt,
+    SynthPatientsOpt,
     ThreadsOpt,
     UnknownOpt,
     console,
-    err_console,
-    one_line,
+    print_error,
     typed_options,
     user_errors,
 )
@@ -73,11 +74,6 @@ def presets_help() -> str:
     )
 
 
-ModelOpt = Annotated[
-    str, typer.Option("--model", help="A model of the registry (`hapnet models` lists them).")
-]
-
-
 @user_errors
 def train(
     ctx: typer.Context,
@@ -89,9 +85,7 @@ def train(
     ] = None,
     ontology: OntologyOpt = DEFAULTS.ontology,
     model: ModelOpt = DEFAULTS.model,
-    levels: Annotated[
-        int | None, typer.Option(help="Use only the lowest K levels of the ontology (default: all).")
-    ] = None,
+    levels: LevelsOpt = None,
     ontology_scope: Annotated[
         str | None,
         typer.Option(
@@ -219,13 +213,7 @@ def train(
             "dataset's metadata/subject_splits.parquet)."
         ),
     ] = DEFAULTS.split,
-    synth_patients: Annotated[
-        int | None,
-        typer.Option(
-            "--synth-patients",
-            help=f"Size of the built-in synthetic data (default {DEFAULTS.synth_patients:,}).",
-        ),
-    ] = None,
+    synth_patients: SynthPatientsOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run folder (default runs/MODEL-TIME).")
     ] = None,
@@ -374,7 +362,7 @@ def launch_ranks(ctx: typer.Context, nproc: int, run: Path) -> None:
             )
         except HapnetError:
             pass
-        err_console.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
+        print_error(message)
     if code:
         raise typer.Exit(code)
 

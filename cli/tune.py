@@ -14,7 +14,10 @@ from hapnet.cli.common import (
     ColumnsOpt,
     ConfigOpt,
     DeviceOpt,
+    LevelsOpt,
+    ModelOpt,
     OntologyOpt,
+    SynthPatientsOpt,
     ThreadsOpt,
     UnknownOpt,
     console,
@@ -22,7 +25,6 @@ from hapnet.cli.common import (
     user_errors,
 )
 from hapnet.cli.common import TRAIN_DEFAULTS as DEFAULTS
-from hapnet.cli.train import ModelOpt
 from hapnet.training.config import ONTOLOGY_SCOPES, make_config
 from hapnet.training.progress import format_score
 from hapnet.training.tune import (
@@ -121,9 +123,7 @@ def tune(
     ] = None,
     ontology: OntologyOpt = DEFAULTS.ontology,
     model: ModelOpt = DEFAULTS.model,
-    levels: Annotated[
-        int | None, typer.Option(help="Use only the lowest K levels of the ontology (default: all).")
-    ] = None,
+    levels: LevelsOpt = None,
     ontology_scope: Annotated[
         str | None,
         typer.Option(
@@ -152,13 +152,7 @@ def tune(
     threads: ThreadsOpt = "auto",
     unknown: UnknownOpt = DEFAULTS.unknown,
     columns: ColumnsOpt = None,
-    synth_patients: Annotated[
-        int | None,
-        typer.Option(
-            "--synth-patients",
-            help=f"Size of the built-in synthetic data (default {DEFAULTS.synth_patients:,}).",
-        ),
-    ] = None,
+    synth_patients: SynthPatientsOpt = None,
     config_file: ConfigOpt = None,
     out: Annotated[
         Path | None,

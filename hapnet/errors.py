@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 
@@ -27,3 +28,11 @@ def error_summary(error: BaseException) -> str:
     """An exception in one line: its first non-empty line of text, else its type's name."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
+
+
+def check_k(k: int) -> int:
+    """`k`, the number of results to list (`-k/--k` of every command), or a one-line error when it
+    is not a whole number of at least 1."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise HapnetError(f"--k must be at least 1, got {k!r}")
+    return int(k)

@@ -34,7 +34,9 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _text_hash(values: np.ndarray) -> np.ndarray:
+def text_hashes(values: np.ndarray) -> np.ndarray:
+    """A stable 64-bit hash of each text (pandas' SipHash with its fixed key): the same on every
+    machine and in every process, for fingerprints and patient shards."""
     return pd.util.hash_array(np.asarray(values, dtype=object), categorize=False)
 
 
@@ -48,7 +50,7 @@ def fingerprint_sums(data: VisitData, index: np.ndarray | None = None) -> list[i
     visit_number = range_positions(visits_per_patient).astype(np.uint64)
     codes_per_visit = np.diff(data.visit_offsets)
     parts: list[tuple[str, np.ndarray, np.ndarray]] = [  # (kind, owner key, value) of each item
-        ("patient", positions, _text_hash(data.patient_ids)),
+        ("patient", positions, text_hashes(data.patient_ids)),
         ("visit", positions, visits_per_patient.astype(np.uint64)),
     ]
     visit_key = _mix(visit_patient * np.uint64(0x100000001B3) + visit_number)
@@ -56,7 +58,7 @@ def fingerprint_sums(data: VisitData, index: np.ndarray | None = None) -> list[i
     if data.visit_times is not None:
         parts.append(("time", visit_key, np.nan_to_num(data.visit_times, nan=-1.5e300).view(np.uint64)))
     if data.patient_splits is not None:
-        parts.append(("label", positions, _text_hash(data.patient_splits)))
+        parts.append(("label", positions, text_hashes(data.patient_splits)))
     sums = []
     with np.errstate(over="ignore"):
         for salt in _SALTS:

@@ -122,30 +122,11 @@ def _read(
         _no_code_pattern(code_pattern, path)
         rows = read_omop(omop, ontology)
     else:
-        mimic = _find_mimic(path)
+        mimic = find_mimic(path, entries)
         _no_columns(columns, path, "MIMIC folders")
         _no_code_pattern(code_pattern, path)
         rows = read_mimic(*mimic, ontology)
     return rows
-
-
-def _find_mimic(path: Path) -> tuple[Path, Path]:
-    """MIMIC's two tables; a folder of no known kind is named with every kind that is read."""
-    try:
-        return find_mimic(path)
-    except InputError as exc:
-        if not exc.reason.startswith(_NOT_MIMIC):
-            raise
-        found = exc.reason.rpartition("; found ")[2]
-        raise InputError(
-            path,
-            f"{_NOT_MIMIC}: expected ADMISSIONS + DIAGNOSES_ICD (MIMIC-III), hosp/admissions + "
-            "hosp/diagnoses_icd (MIMIC-IV), data/*.parquet + metadata/ (MEDS), condition_occurrence "
-            f"(OMOP) or synth.json (hapnet synth); found {found}",
-        ) from None
-
-
-_NOT_MIMIC = "not a visit data folder"
 
 
 def _no_columns(columns: dict[str, str] | None, path: Path, what: str) -> None:

@@ -31,7 +31,7 @@ from hapnet.data.sharding import PatientShard, first_rows
 from hapnet.data.table import LongTable
 from hapnet.errors import InputError, error_summary
 from hapnet.ontology.graph import Ontology
-from hapnet.ontology.meds_codes import DATA_FOLDER, SPLITS_FILE, MedsCodes, parquet_schema
+from hapnet.ontology.meds_codes import DATA_FOLDER, SPLITS_FILE, MedsCodes, is_text, parquet_schema
 from hapnet.utils.textio import os_error_reason
 
 VISIT_COLUMNS = ("hadm_id", "visit_id")  # a diagnosis's visit id, the first of these a file has
@@ -58,7 +58,7 @@ def _same_kind(found: pa.DataType, wanted: pa.DataType) -> bool:
     if pa.types.is_timestamp(wanted):
         return pa.types.is_timestamp(found)
     if pa.types.is_string(wanted) or pa.types.is_large_string(wanted):
-        return pa.types.is_string(found) or pa.types.is_large_string(found)
+        return is_text(found)
     return found == wanted
 
 

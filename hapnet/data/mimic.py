@@ -37,8 +37,9 @@ def _find_file(entries: list[Path], stem: str) -> Path | None:
     return (files or matches or [None])[0]
 
 
-def find_mimic(path: Path) -> tuple[Path, Path]:
-    entries = list_folder(path)
+def find_mimic(path: Path, entries: list[Path]) -> tuple[Path, Path]:
+    """MIMIC's two tables in folder `path` (its `entries`) or its `hosp/`; the last of the kinds
+    the loader tries, so a folder of no known kind is refused here, naming every kind."""
     for folder in (path, path / "hosp", path / "HOSP"):
         if folder is not path and not _quiet(folder.is_dir):
             continue
@@ -53,7 +54,8 @@ def find_mimic(path: Path) -> tuple[Path, Path]:
     raise InputError(
         path,
         "not a visit data folder: expected ADMISSIONS + DIAGNOSES_ICD (MIMIC-III), hosp/admissions + "
-        f"hosp/diagnoses_icd (MIMIC-IV) or synth.json (hapnet synth); found {found}",
+        "hosp/diagnoses_icd (MIMIC-IV), data/*.parquet + metadata/ (MEDS), condition_occurrence "
+        f"(OMOP) or synth.json (hapnet synth); found {found}",
     )
 
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from hapnet.data.fingerprint import text_hashes
 from hapnet.data.table import LongTable
 
 
@@ -32,8 +32,7 @@ class PatientShard:
 
     def owns_ids(self, ids: np.ndarray) -> np.ndarray:
         """Which of these patient ids are this shard's (ids as text, already stripped of spaces)."""
-        hashes = pd.util.hash_array(np.asarray(ids, dtype=object), categorize=False)
-        return hashes % np.uint64(self.count) == np.uint64(self.index)
+        return text_hashes(ids) % np.uint64(self.count) == np.uint64(self.index)
 
     def owns(self, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Which rows of a block's patient column are this shard's. Integers and text hash alike

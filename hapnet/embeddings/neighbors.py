@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from hapnet.embeddings.formats import EmbeddingTable, read_embeddings
 from hapnet.embeddings.structure import EmbedResult
-from hapnet.errors import HapnetError
+from hapnet.errors import HapnetError, check_k
 from hapnet.ontology.codes import normalize_code
 
 
@@ -35,8 +35,7 @@ def neighbors(
     `embeddings` is a table, an `embed` result, or a file in any format `hapnet embed` writes.
     Each frame row: rank, code, description, level, similarity.
     """
-    if k < 1:
-        raise HapnetError(f"--k must be at least 1, got {k}")
+    check_k(k)
     source = "embeddings"
     if isinstance(embeddings, EmbedResult):
         table = embeddings.table

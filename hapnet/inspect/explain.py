@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hapnet.errors import HapnetError
-from hapnet.inspect.predict import check_k
+from hapnet.errors import HapnetError, check_k
 from hapnet.ontology.graph import Ontology
 from hapnet.training.naming import run_label
 from hapnet.training.runs import Run, as_run

@@ -21,7 +21,7 @@ import torch
 
 from hapnet.data.batches import BatchBuilder
 from hapnet.data.loaders import load_visits
-from hapnet.errors import HapnetError
+from hapnet.errors import HapnetError, check_k
 from hapnet.models.predictor import DIAGNOSIS
 from hapnet.ontology.graph import EXACT, MAPPED, UNKNOWN
 from hapnet.training.runs import Run, as_run
@@ -73,13 +73,6 @@ class PredictionResult:
                 for r in self.skipped()
             ],
         }
-
-
-def check_k(k: int) -> int:
-    """`k`, the number of results to list, or a one-line error when it is below 1."""
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise HapnetError(f"--k must be at least 1, got {k!r}")
-    return int(k)
 
 
 def parse_history(text: str) -> list[list[str]]:

@@ -134,10 +134,10 @@ def _read_codes_table(path: Path) -> pa.Table:
         reason = f"no column 'code' (a MEDS codes.parquet has code, description, parent_codes); found {found}"
         raise InputError(path, reason)
     expected = {
-        "code": _is_text,
-        "description": _is_text,
+        "code": is_text,
+        "description": is_text,
         "parent_codes": lambda t: (
-            (pa.types.is_list(t) or pa.types.is_large_list(t)) and _is_text(t.value_type)
+            (pa.types.is_list(t) or pa.types.is_large_list(t)) and is_text(t.value_type)
         ),
     }
     wanted = [name for name in expected if name in schema.names]
@@ -152,7 +152,8 @@ def _read_codes_table(path: Path) -> pa.Table:
         raise InputError(path, f"unreadable parquet data ({error_summary(exc)})") from None
 
 
-def _is_text(kind: pa.DataType) -> bool:
+def is_text(kind: pa.DataType) -> bool:
+    """A string column's type (string, large string, or a dictionary of either)."""
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)

@@ -228,9 +228,7 @@ def check_same(process: Process, value: str, what: str) -> None:
     """Refuse, on every rank in the same words, when the ranks hold different `value`s."""
     if not process.distributed:
         return
-    values: list[Any] = [None] * process.world_size
-    with _collective(f"comparing the ranks' {what}"):
-        dist.all_gather_object(values, value)
+    values = all_gather(process, value, f"the ranks' {what} to compare")
     other = next((rank for rank, v in enumerate(values) if v != values[0]), None)
     if other is not None:
         raise HapnetError(

@@ -19,14 +19,14 @@ from hapnet.data.fingerprint import data_fingerprint, fingerprint_matches
 from hapnet.data.loaders import load_visits
 from hapnet.data.splits import split_patients
 from hapnet.data.visits import VisitData
-from hapnet.errors import HapnetError
+from hapnet.errors import HapnetError, check_k
 from hapnet.models.losses import next_visit_loss
 from hapnet.models.predictor import DIAGNOSIS, NextVisitModel
 from hapnet.training.config import TrainConfig
 from hapnet.training.distributed import SINGLE, Process, merge_totals
 from hapnet.training.metrics import AccuracyAtK, ScoreCollector, VisitScores
 from hapnet.training.runs import SPLIT, Run, load
-from hapnet.training.setup import batch_builder, training_data_path
+from hapnet.training.setup import batch_builder, reading_settings, training_data_path
 from hapnet.utils.arrays import range_owners
 from hapnet.utils.device import resolve_device
 
@@ -151,8 +151,8 @@ def evaluate(
     trained on; refused if that data changed since (its fingerprint differs). With `data`: every
     patient of that data set, restricted to the codes the run can predict (the rest are counted).
     """
-    if k is not None and k < 1:
-        raise HapnetError(f"--k must be at least 1, got {k}")
+    if k is not None:
+        check_k(k)
     if isinstance(run, Run):
         torch_device = next(run.model.parameters()).device
     else:
@@ -166,13 +166,7 @@ def evaluate(
         visits, patients = _test_split(run)
         scope = "test split of the training data"
     else:
-        visits = load_visits(
-            data,
-            run.ontology,
-            columns=config.columns,
-            unknown=config.unknown,
-            code_pattern=config.code_pattern,
-        )
+        visits = load_visits(data, run.ontology, **reading_settings(config))
         if run.data_fingerprint is not None and fingerprint_matches(run.data_fingerprint, visits):
             warnings.warn(
                 f"{data} is the data run {run.path} trained on: these scores include its training "
@@ -206,9 +200,7 @@ def _test_split(run: Run) -> tuple[VisitData, np.ndarray]:
     """
     path = training_data_path(run.config)
     config = run.config
-    visits = load_visits(
-        path, run.ontology, columns=config.columns, unknown=config.unknown, code_pattern=config.code_pattern
-    )
+    visits = load_visits(path, run.ontology, **reading_settings(config))
     now = data_fingerprint(visits)
     if run.data_fingerprint is not None and not fingerprint_matches(run.data_fingerprint, visits, now):
         raise HapnetError(

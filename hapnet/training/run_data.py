@@ -24,8 +24,8 @@ import numpy as np
 from hapnet.data.fingerprint import (
     data_fingerprint,
     fingerprint_from_sums,
+    fingerprint_matches,
     fingerprint_sums,
-    legacy_data_fingerprint,
 )
 from hapnet.data.loaders import load_shard
 from hapnet.data.sharding import PatientShard
@@ -49,6 +49,7 @@ from hapnet.training.setup import (
     MIN_PATIENTS,
     check_enough_patients,
     load_training_data,
+    reading_settings,
     training_cooccurrence,
     training_data_path,
     training_ontology,
@@ -81,15 +82,13 @@ class RunData:
     def matches(self, recorded: str) -> bool:
         """Whether a fingerprint recorded by an older version is this data's. That one needs the
         whole data: a distributed run cannot tell it from a change, and says so."""
-        if recorded == self.fingerprint:
-            return True
-        if self.process.distributed:
+        if self.process.distributed and recorded != self.fingerprint:
             raise HapnetError(
                 f"the run's data fingerprint ({recorded[:12]}) is not this data's ({self.fingerprint[:12]}): "
                 "the data changed, or the run started before hapnet read data by shards, whose "
                 "fingerprint only one process can check; resume it in one process (without --nproc) to know"
             )
-        return recorded == legacy_data_fingerprint(self.data)
+        return fingerprint_matches(recorded, self.data, self.fingerprint)
 
 
 def load_run_data(config: TrainConfig, process: Process = SINGLE) -> tuple[Ontology, RunData]:
@@ -126,12 +125,11 @@ def _load_shard(
     A bad file is reported as one process reports it: the ranks tell each other whether their
     load failed, and if one did, rank 0 reads the whole source for the exact message (a shard's
     rows are not the file's lines, nor its counts the file's), which every rank then raises."""
-    settings = dict(columns=config.columns, unknown=config.unknown, code_pattern=config.code_pattern)
     shard = PatientShard(process.rank, process.world_size)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            loaded, failure = load_shard(path, ontology, shard, **settings), None  # type: ignore[arg-type]
+            loaded, failure = load_shard(path, ontology, shard, **reading_settings(config)), None
         except HapnetError as exc:  # InputError included
             loaded, failure = None, str(exc)
     said = list(dict.fromkeys((str(w.message), w.category) for w in caught))

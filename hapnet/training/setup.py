@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,11 +34,14 @@ def load_training_data(config: TrainConfig) -> tuple[Ontology, VisitData]:
     """The ontology and the data of a run of `config`, loaded whole (one process)."""
     ontology = training_ontology(config)
     path = training_data_path(config)
-    data = load_visits(
-        path, ontology, columns=config.columns, unknown=config.unknown, code_pattern=config.code_pattern
-    )
+    data = load_visits(path, ontology, **reading_settings(config))
     check_enough_patients(path, len(data.patient_ids))
     return ontology, data
+
+
+def reading_settings(config: TrainConfig) -> dict[str, Any]:
+    """How a run of `config` reads its data: the keywords of `load_visits` and `load_shard`."""
+    return dict(columns=config.columns, unknown=config.unknown, code_pattern=config.code_pattern)
 
 
 def training_ontology(config: TrainConfig) -> Ontology:

@@ -305,7 +305,7 @@ def _step(session: _Session, patients: np.ndarray) -> torch.Tensor:
     return session.step(batch, len(mine) / len(patients))  # type: ignore[call-arg]
 
 
-def _evaluate(session: _Session, patients: np.ndarray) -> Evaluation:
+def _evaluate(session: _Session, patients: np.ndarray, full: bool = False) -> Evaluation:
     return evaluate_patients(
         session.model,
         session.builder,
@@ -313,6 +313,7 @@ def _evaluate(session: _Session, patients: np.ndarray) -> Evaluation:
         session.groups,
         session.config,
         session.device,
+        full=full,
         process=session.process,  # each rank scores the patients it holds, the counts are summed
     )
 
@@ -431,19 +432,6 @@ def _final_metrics(session: _Session, progress: _Progress) -> dict[str, Any]:
     accuracy and loss are exactly the ones history.csv recorded for that epoch (a test holds them).
     """
     config, best, split = session.config, progress.best, session.split
-
-    def full(patients: np.ndarray) -> dict[str, Any]:  # sharded over the ranks as every epoch's pass
-        return evaluate_patients(
-            session.model,
-            session.builder,
-            session.data.local(patients),
-            session.groups,
-            config,
-            session.device,
-            full=True,
-            process=session.process,
-        ).as_dict()
-
     return {
         "model": config.model,
         "levels": config.levels,
@@ -455,8 +443,8 @@ def _final_metrics(session: _Session, progress: _Progress) -> dict[str, Any]:
         "epochs_run": len(progress.history),
         "stopped_early": len(progress.history) < config.epochs,
         "train_seconds_per_epoch": [r["seconds"] for r in progress.history],
-        "test": full(split.test),
-        "valid": full(split.valid),
+        "test": _evaluate(session, split.test, full=True).as_dict(),
+        "valid": _evaluate(session, split.valid, full=True).as_dict(),
         "split": {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)},
         "codes": len(session.vocab),
         "device": str(session.device),

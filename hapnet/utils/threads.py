@@ -94,8 +94,8 @@ class CoreShare:
         others = self.others_busy()
         if others is None:
             return self.ceiling
-        cpus = self._last[3] if self._last is not None else usable_cores()
-        free = min(usable_cores(), cpus - others)
+        assert self._last is not None  # others_busy just sampled it
+        free = min(usable_cores(), self._last[3] - others)
         return max(1, min(self.ceiling, int(free + 1 - ROUND_UP_FROM)))
 
 

@@ -168,8 +168,8 @@ def test_the_objective_is_the_best_epochs_validation_score_and_never_the_test_sp
     def scrambled_test(seed: int):  # noqa: ANN202
         rng = np.random.default_rng(seed)
 
-        def scrambled(session, patients):  # noqa: ANN001, ANN202
-            result = evaluate(session, patients)
+        def scrambled(session, patients, full=False):  # noqa: ANN001, ANN202
+            result = evaluate(session, patients, full)
             if patients is not session.split.test:
                 return result
             groups = list(rng.uniform(size=len(result.accuracy["accuracy_by_group"])))
